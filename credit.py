@@ -1,0 +1,172 @@
+"""Credit assignment by ranking consistency (PAPER.md §4) and group-normalised advantages (§5).
+
+For ONE query and its G sampled trajectories:
+
+    local  shape (3, G)  local rewards r_0, r_1, r_2 of the three agents (Eq. 9-11)
+    glob   shape (G,)    global rewards r_3 (Eq. 12)
+
+    v_n = NDCG(rank by local_n, gains = glob)          Eq. 13   how well agent n's reward predicts success
+    w_n = softmax(v)_n                                 Eq. 14   its share of the global reward
+    r_final_n = r_n + w_n · r_3                        Eq. 15   the reward agent n is trained on
+    A_n = (r_final_n − mean) / (std + eps)             Eq. 16   GRPO advantage over the G trajectories
+
+Unavailable local rewards (None / NaN, e.g. PersonaMem has no evidence, so Eq. 9 and 11 cannot be
+computed): if ANY entry of an agent's row is NaN, the whole row is treated as unavailable (its ranking
+is undefined): that agent gets v_n = 1.0 (same convention as an uninformative group, Eq. 13
+DECISION), and its r_n contributes 0, so r_final_n = w_n · r_3 (mode "comam"/"equal"/"fixed").
+In practice a whole row is NaN or none of it: evidence is per query, and the group is one query.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+CREDIT_MODES = ("comam", "local", "global", "equal", "fixed")
+VARIANTS = ("eq15", "alg1")
+
+
+# ---------------------------------------------------------------- Eq. 13: ranking consistency
+
+
+def ndcg(local_scores, global_gains) -> float:
+    """Eq. 13 (PAPER.md §4): NDCG of the ranking by local score, with the global rewards as gains.
+
+    DECISION rules (PAPER.md §4):
+      * rank the G trajectories by local score, descending; rank r = 1, 2, ..., G;
+      * gain = global reward (must be >= 0), discount 1 / log2(1 + r);
+      * ties in the local score: a tied block gets, at each of its positions, the AVERAGE gain of its
+        members — exactly the expected DCG over all orders of the tie;
+      * IDCG = DCG of the gains sorted descending; if all gains are equal (incl. IDCG = 0), every
+        order is ideal and the result is 1.0.
+
+    Worked example (by hand): local = [0.9, 0.5, 0.1], global = [0, 1, 1].
+      Ranking: traj 0, 1, 2 -> gains 0, 1, 1.
+      DCG  = 0/log2(2) + 1/log2(3) + 1/log2(4) = 0 + 0.6309 + 0.5 = 1.1309
+      IDCG = 1/log2(2) + 1/log2(3) + 0/log2(4) = 1 + 0.6309     = 1.6309
+      NDCG = 1.1309 / 1.6309 = 0.6934
+    With a tie, local = [0.5, 0.5, 0.1], global = [1, 0, 1]: the tied block {0, 1} has mean gain 0.5
+    at ranks 1 and 2, so DCG = 0.5/1 + 0.5/log2(3) + 1/2 = 1.3155 and NDCG = 1.3155/1.6309 = 0.8066.
+    """
+    scores = np.asarray(local_scores, dtype=np.float64)
+    gains = np.asarray(global_gains, dtype=np.float64)
+    if scores.ndim != 1 or scores.shape != gains.shape or scores.size == 0:
+        raise ValueError(f"need two 1-D arrays of the same non-zero length, got {scores.shape} and {gains.shape}")
+    if np.isnan(scores).any() or np.isnan(gains).any():
+        raise ValueError("ndcg got NaN; unavailable local rewards are handled in consistency()")
+    if (gains < 0).any():
+        raise ValueError("NDCG gains (global rewards) must be >= 0")
+    if np.all(gains == gains[0]):
+        return 1.0
+    discount = 1.0 / np.log2(np.arange(2, gains.size + 2))  # rank 1..G -> 1/log2(2), 1/log2(3), ...
+    dcg, pos = 0.0, 0
+    for value in np.unique(scores)[::-1]:  # distinct local scores, best first; one block per value
+        block = gains[scores == value]
+        dcg += block.mean() * discount[pos:pos + block.size].sum()
+        pos += block.size
+    idcg = float(np.sort(gains)[::-1] @ discount)
+    return float(dcg / idcg)
+
+
+def _available(local: np.ndarray) -> np.ndarray:
+    """Shape (N,) bool: True where an agent's local-reward row has no NaN (is available)."""
+    return ~np.isnan(local).any(axis=1)
+
+
+def _as_group(local, glob) -> tuple[np.ndarray, np.ndarray]:
+    """Validate and convert: local -> float64 (N, G) with None -> NaN; glob -> float64 (G,)."""
+    local = np.array(local, dtype=np.float64)  # None entries become NaN
+    glob = np.array(glob, dtype=np.float64)
+    if local.ndim != 2 or glob.ndim != 1 or local.shape[1] != glob.shape[0]:
+        raise ValueError(f"need local (N, G) and glob (G,), got {local.shape} and {glob.shape}")
+    if np.isnan(glob).any():
+        raise ValueError("global rewards must all be available (Eq. 12 never fails: unparsed = 0)")
+    return local, glob
+
+
+def consistency(local, glob) -> np.ndarray:
+    """v_n for each agent (Eq. 13): shape (N,) = (3,). An unavailable (NaN) row gets v_n = 1.0.
+
+    >>> consistency([[0.9, 0.5, 0.1], [0.1, 0.5, 0.9], [None, None, None]], [0, 1, 1]).round(4)
+    array([0.6934, 1.    , 1.    ])
+    """
+    local, glob = _as_group(local, glob)
+    ok = _available(local)
+    return np.array([ndcg(row, glob) if ok[n] else 1.0 for n, row in enumerate(local)])
+
+
+# ---------------------------------------------------------------- Eq. 14: credit weights
+
+
+def credit_weights(v) -> np.ndarray:
+    """Eq. 14 (PAPER.md §4): w_n = exp(v_n) / Σ_m exp(v_m), computed stably (shift by max v).
+
+    Since v ∈ [0, 1], the weights stay close to uniform: v = [1, 0, 0] gives w = [0.576, 0.212, 0.212].
+    """
+    v = np.asarray(v, dtype=np.float64)
+    e = np.exp(v - v.max())
+    return e / e.sum()
+
+
+# ---------------------------------------------------------------- Eq. 15: integrated rewards
+
+
+def integrated_rewards(local, glob, mode: str = "comam", fixed_w: float = 0.5, variant: str = "eq15"):
+    """Eq. 15 (PAPER.md §4): r_final_n = r_n + w_n · r_3, for every agent n and trajectory i.
+
+    Returns (r_final shape (N, G), v shape (N,), w shape (N,)); v (Eq. 13) is always computed, for
+    logging, whatever the mode. Modes (the Table 4 ablations, PAPER.md §4):
+        "comam"   w = softmax(v)                (Eq. 14, adaptive credit)
+        "local"   r_final = r_n                 (w = 0: no global reward)
+        "global"  r_final = r_3                 (local ignored; w reported as 1)
+        "equal"   w = 1/N each                  (equal share of the global reward)
+        "fixed"   w = fixed_w for every agent   (the fixed-weight sweep, Fig. 5)
+    variant "eq15" (canonical) or "alg1" (Algorithm 1's r_3 + w_n·r_n), the latter for
+    comam/equal/fixed only; "local"/"global" do not depend on it.
+    Unavailable (NaN) local rows contribute r_n = 0.
+
+    Worked example: local = [[1, 0], [0, 1], [1, 0]], glob = [1, 0] -> v = [1, 0.6309, 1],
+    w = softmax(v) = [0.3716, 0.2569, 0.3716], r_final_0 = [1 + 0.3716, 0 + 0] = [1.3716, 0].
+    """
+    if mode not in CREDIT_MODES:
+        raise ValueError(f"unknown credit mode {mode!r}; expected one of {CREDIT_MODES}")
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
+    local, glob = _as_group(local, glob)
+    v = consistency(local, glob)
+    r = np.where(_available(local)[:, None], local, 0.0)  # unavailable rows contribute 0
+    n_agents = r.shape[0]
+
+    if mode == "local":
+        return r, v, np.zeros(n_agents)
+    if mode == "global":
+        return np.tile(glob, (n_agents, 1)), v, np.ones(n_agents)
+    if mode == "comam":
+        w = credit_weights(v)
+    elif mode == "equal":
+        w = np.full(n_agents, 1.0 / n_agents)
+    else:  # "fixed"
+        w = np.full(n_agents, float(fixed_w))
+
+    if variant == "eq15":
+        r_final = r + w[:, None] * glob[None, :]
+    else:  # "alg1"
+        r_final = glob[None, :] + w[:, None] * r
+    return r_final, v, w
+
+
+# ---------------------------------------------------------------- Eq. 16: group advantages
+
+
+def group_advantages(rewards, eps: float = 1e-6) -> np.ndarray:
+    """Eq. 16 (PAPER.md §5): A = (r − mean) / (std + eps) over the last axis (the G trajectories).
+
+    Population std (ddof = 0). Where std < 1e-8 (all G rewards equal) the advantage is exactly 0:
+    the group carries no signal. Works for shape (G,) and (N, G).
+
+    >>> group_advantages([1.0, 0.0, 1.0, 0.0]).round(4)     # mean 0.5, std 0.5
+    array([ 1., -1.,  1., -1.])
+    """
+    r = np.asarray(rewards, dtype=np.float64)
+    mean = r.mean(axis=-1, keepdims=True)
+    std = r.std(axis=-1, keepdims=True)
+    adv = (r - mean) / (std + eps)
+    return np.where(std < 1e-8, 0.0, adv)

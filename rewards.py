@@ -1,0 +1,172 @@
+"""The four rewards of CoMAM (PAPER.md §3): one local reward per agent, and one global reward.
+
+    r_0  extraction agent  Eq. 9   recall-heavy overlap of the kept line ids M_f with the evidence E_q
+    r_1  profile agent     Eq. 10  rubric score of the written profile M_c
+    r_2  retrieval agent   Eq. 11  precision-heavy overlap of the retrieved ids E'_q with E_q
+    r_3  global            Eq. 12  1 if the chosen option is the gold option, else 0
+
+Line ids are plain ints (PAPER.md §8 DECISION), so Eq. 9 and Eq. 11 are exact set operations.
+A local reward that cannot be computed (no evidence / no gold profile, as in PersonaMem) is `None`
+("unavailable"); `credit.py` knows what to do with it. An output that could not be parsed is scored
+as an empty prediction, i.e. 0 — never a crash.
+"""
+from __future__ import annotations
+
+import re
+from typing import Callable, Iterable
+
+# ---------------------------------------------------------------- Eq. 9 / Eq. 11: set overlap
+
+
+def _recall_iou(pred: Iterable[int] | None, gold: Iterable[int]) -> tuple[float, float]:
+    """Recall |P∩G|/|G| and IoU |P∩G|/|P∪G| of two id collections, taken as SETS.
+
+    `gold` must be non-empty. Duplicates count once. An id of `pred` that is not in the history at
+    all is still just an id: it is in P∪G but never in P∩G, so it lowers the IoU (a hallucinated
+    line is a false positive like any other).
+
+    >>> _recall_iou([1, 2, 3], [2, 3, 4])   # |∩| = 2, |∪| = 4
+    (0.6666666666666666, 0.5)
+    """
+    p, g = set(pred or ()), set(gold)
+    inter = len(p & g)
+    return inter / len(g), inter / len(p | g)
+
+
+def _overlap_reward(pred, gold, weight: float) -> float | None:
+    """weight·recall + (1 − weight)·IoU; None when `gold` is None or empty (unavailable)."""
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"weight must be in [0, 1], got {weight}")
+    if gold is None:
+        return None
+    gold = set(gold)
+    if not gold:
+        return None
+    recall, iou = _recall_iou(pred, gold)
+    return weight * recall + (1.0 - weight) * iou
+
+
+def extraction_reward(memory_ids, evidence_ids, alpha: float = 0.8) -> float | None:
+    """Eq. 9 (PAPER.md §3): r_0 = α·|M∩E|/|E| + (1−α)·|M∩E|/|M∪E|, α = 0.8 (recall-heavy).
+
+    memory_ids: ids of the lines the extraction agent kept (M_f); None or empty -> 0.0.
+    evidence_ids: the evidence E_q; None or empty -> None ("unavailable", e.g. PersonaMem).
+    Both are treated as sets; ids absent from the history enter M∪E and so lower the IoU term.
+
+    Worked example: M = {1, 2, 3}, E = {2, 3, 4}: recall 2/3, IoU 2/4,
+    r_0 = 0.8·2/3 + 0.2·0.5 = 0.6333...
+    """
+    return _overlap_reward(memory_ids, evidence_ids, alpha)
+
+
+def retrieval_reward(retrieved_ids, evidence_ids, beta: float = 0.2) -> float | None:
+    """Eq. 11 (PAPER.md §3): r_2 = β·|E'∩E|/|E| + (1−β)·|E'∩E|/|E'∪E|, β = 0.2 (precision-heavy).
+
+    Same formula and conventions as Eq. 9 (`extraction_reward`), only the weight differs: with
+    β = 0.2 the IoU term dominates, so retrieving extra lines costs more than missing one.
+
+    Worked example: E = {2, 3, 4}. E' = {2, 3} (precise, short): 0.2·2/3 + 0.8·2/3 = 0.667;
+    E' = {1..6} (recall-complete, long): 0.2·1 + 0.8·3/6 = 0.6 — the short one wins here, while
+    under Eq. 9's α = 0.8 the long one would win (0.8·1 + 0.2·0.5 = 0.9 vs 0.667).
+    """
+    return _overlap_reward(retrieved_ids, evidence_ids, beta)
+
+
+# ---------------------------------------------------------------- Eq. 10: profile rubric
+
+_TRAILING_PUNCT = ".,;:!?"
+
+
+def parse_profile(text: str | None) -> list[str]:
+    """Split a profile agent's output into statements: on ';' or newlines, stripped, empties dropped.
+
+    >>> parse_profile("pet cat milo ; likes tacos\\n\\n hometown oslo ;")
+    ['pet cat milo', 'likes tacos', 'hometown oslo']
+    """
+    if not text:
+        return []
+    return [s.strip() for s in re.split(r"[;\n]", text) if s.strip()]
+
+
+def _normalise(statement: str) -> str:
+    """Lowercase, collapse whitespace, strip, strip trailing punctuation: 'Likes  Tacos.' -> 'likes tacos'."""
+    s = " ".join(statement.lower().split())
+    return s.rstrip(_TRAILING_PUNCT).strip()
+
+
+def profile_reward(statements, gold_statements) -> float | None:
+    """Eq. 10 (PAPER.md §3), the default deterministic rubric scorer V(M_c, H) ∈ [0, 1].
+
+    PAPER.md DECISION: instead of a frozen LLM judge, score the written statements S against the
+    session's ground-truth profile statements G (both normalised and deduplicated):
+        correct     = |S ∩ G|
+        unsupported = |S \\ G|     (contradicted, or simply not stated in the history)
+        r_1 = max(0, correct − unsupported) / |G|
+    If |G| = 0: 1.0 when S is empty too (nothing to say, nothing said), else 0.0.
+    gold_statements None -> None (unavailable). statements None (unparsed) -> treated as empty.
+
+    Worked example: G = {"pet cat milo", "likes tacos", "hometown oslo"},
+    S = ["Pet cat  Milo.", "likes tacos", "likes sushi"] -> normalised {"pet cat milo",
+    "likes tacos", "likes sushi"}: correct 2, unsupported 1, r_1 = max(0, 2 − 1)/3 = 1/3.
+    Writing every possible statement does not pay: each wrong one cancels a right one.
+    """
+    if gold_statements is None:
+        return None
+    s = {_normalise(x) for x in (statements or ())} - {""}
+    g = {_normalise(x) for x in gold_statements} - {""}
+    if not g:
+        return 1.0 if not s else 0.0
+    correct, unsupported = len(s & g), len(s - g)
+    return max(0, correct - unsupported) / len(g)
+
+
+_JUDGE_PROMPT = """You are grading a user profile written from a conversation history.
+Rubrics: (1) scenario: does the profile capture the situations the user talks about?
+(2) preference: are the user's stated preferences (likes, dislikes, changes) captured correctly?
+(3) user profile: are the user's facts correct, with nothing contradicted or invented?
+
+Conversation history:
+{history}
+
+Profile:
+{profile}
+
+Reply with one number between 0 and 1 (1 = complete and correct)."""
+
+
+def profile_reward_judge(statements, history_text: str, judge_fn: Callable[[str], str]) -> float:
+    """Eq. 10 (PAPER.md §3) with a frozen LLM judge V: the optional alternative to `profile_reward`.
+
+    `judge_fn(prompt) -> reply` is supplied by the caller (any frozen model). The prompt states the
+    paper's three rubrics (scenario, preference, user profile); the first number in the reply is the
+    score, clipped to [0, 1]; a reply without a number scores 0.0.
+
+    >>> profile_reward_judge(["likes tacos"], "user: i love tacos", lambda p: "Score: 0.9")
+    0.9
+    """
+    prompt = _JUDGE_PROMPT.format(history=history_text, profile="\n".join(statements or ()) or "(empty)")
+    match = re.search(r"-?\d+(?:\.\d+)?", judge_fn(prompt) or "")
+    if match is None:
+        return 0.0
+    return min(1.0, max(0.0, float(match.group())))
+
+
+# ---------------------------------------------------------------- Eq. 12: global reward
+
+
+def _letter(x: str) -> str:
+    """'(C) ' -> 'c': compare option letters whatever the brackets or case."""
+    return x.strip().strip("()").strip().lower()
+
+
+def global_reward(pred_letter: str | None, gold_letter: str) -> float:
+    """Eq. 12 (PAPER.md §3): r_3 = 1[p = p*]. An unparsed answer (None) scores 0.0.
+
+    Letters are compared after stripping whitespace and brackets and lowercasing, so '(c)' == 'c'.
+
+    >>> global_reward("b", "b"), global_reward("(B)", "b"), global_reward(None, "b")
+    (1.0, 1.0, 0.0)
+    """
+    if pred_letter is None:
+        return 0.0
+    return 1.0 if _letter(pred_letter) == _letter(gold_letter) else 0.0

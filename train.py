@@ -1,0 +1,453 @@
+"""CoMAM training: joint reinforcement learning of the three agents with ranking-consistency credit.
+
+    python train.py                                  # CoMAM on the synthetic benchmark, from the shipped warm start
+    python train.py --credit local --seed 2          # an ablation (credit modes: comam local global equal fixed)
+    python train.py --mode independent               # the independent-RL baseline (one agent at a time)
+    python train.py --shared-policy                  # one policy for all three roles (Table 3)
+    python train.py --resume --exp-name comam        # continue runs/comam-s1 from its last checkpoint
+    python train.py --help                           # every flag
+
+One iteration (PAPER.md Algorithm 1):
+  1. sample Q queries; for each, G full trajectories extraction -> profile -> retrieval   comam.rollout
+  2. local rewards r_0, r_1, r_2 (Eqs. 9-11) and global reward r_3 (Eq. 12)             rewards.py
+  3. per query: v_n = NDCG (Eq. 13), w_n = softmax (Eq. 14), r_final (Eq. 15)            credit.integrated_rewards
+  4. group-normalised advantages (Eq. 16)                                                credit.group_advantages
+  5. one clipped policy-gradient update of every trained agent                          grpo_update / policy_loss
+Logs go to runs/<exp-name>-s<seed>/log.jsonl (one JSON object per step), checkpoints to .../ckpt.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import copy
+import dataclasses
+import inspect
+import json
+import math
+import os
+import random
+import shutil
+import textwrap
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import agents
+import comam
+from agents import Budgets, Policy
+from credit import CREDIT_MODES, VARIANTS, group_advantages, integrated_rewards
+from data.example import Example, read_split
+from data.generate import ensure
+
+
+@dataclass
+class Args:
+    exp_name: str = "comam"
+    """name of the run; its folder is <out>/<exp-name>-s<seed>"""
+    out: str = "runs"
+    """folder of all runs"""
+    seed: int = 1
+    """seed of everything: data order, sampling, evaluation"""
+    data: str = "data/synthetic"
+    """benchmark folder (the synthetic one is generated if missing)"""
+    model: str = "tiny"
+    """policy of every agent: tiny (shipped warm start), smollm2, or a local transformers folder"""
+    model_extraction: str = ""
+    """override --model for the extraction agent"""
+    model_profile: str = ""
+    """override --model for the profile agent"""
+    model_retrieval: str = ""
+    """override --model for the retrieval-and-answer agent"""
+    shared_policy: bool = False
+    """run all three roles on one policy (the extraction agent's model), Table 3"""
+    mode: str = "joint"
+    """joint (all agents every step) | independent (one agent at a time, others frozen, same total steps)"""
+    credit: str = "comam"
+    """credit mode: comam (adaptive w = softmax(v)) | local | global | equal (w = 1/3) | fixed"""
+    fixed_w: float = 0.5
+    """w of every agent with --credit fixed"""
+    credit_variant: str = "eq15"
+    """eq15: r_n + w_n r_3 (paper text) | alg1: r_3 + w_n r_n (Algorithm 1)"""
+    steps: int = 100
+    """training iterations"""
+    queries: int = 8
+    """queries per iteration (Q)"""
+    group_size: int = 8
+    """trajectories per query (G)"""
+    temperature: float = 1.0
+    """sampling temperature in training (log-probs use the same temperature)"""
+    lr: float = 2e-4
+    """AdamW learning rate of every agent"""
+    clip_eps: float = 0.2
+    """PPO clip range epsilon"""
+    kl_beta: float = 0.0
+    """k3 KL penalty to the frozen initial policy (0 = no reference model loaded)"""
+    loss_agg: str = "token"
+    """token: mean over all completion tokens of the batch | sequence: mean over sequences of per-sequence token means"""
+    ppo_epochs: int = 1
+    """updates per batch; with 1 the old log-probs are the current ones (ratio exactly 1), no extra forward pass"""
+    micro_batch: int = 64
+    """sequences per forward/backward (gradient accumulation; the loss does not depend on it)"""
+    max_grad_norm: float = 1.0
+    """gradient clipping"""
+    eval_every: int = 0
+    """evaluate on validation every N steps (0 = only before and after training)"""
+    eval_users: int = 0
+    """validation users used in evaluation (0 = all)"""
+    eval_temperature: float = 0.8
+    """sampling temperature in evaluation (paper: 0.8; 0 = greedy)"""
+    save_every: int = 25
+    """checkpoint every N steps (and at the end)"""
+    resume: bool = False
+    """continue the run from its last checkpoint (same data order and random state)"""
+    device: str = "auto"
+    """auto (CUDA if available, with bf16 autocast) | cpu | cuda"""
+    train_users: int = 300
+    """users of the generated benchmark's train split (only used when generating it)"""
+
+
+# ======================================================================== plumbing: arguments, seeds, devices
+
+def field_docs(cls) -> dict[str, str]:
+    """The one-line docstring under each dataclass field (read from the source, as CleanRL's tyro does)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body, docs = tree.body[0].body, {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = str(nxt.value.value).strip()
+    return docs
+
+
+def parse_args(cls, doc: str = "", argv=None):
+    """argparse from a @dataclass: one --flag per field, its docstring as help, bools as --x/--no-x."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    docs = field_docs(cls)
+    for f in dataclasses.fields(cls):
+        name, default = "--" + f.name.replace("_", "-"), f.default
+        help_ = f"{docs.get(f.name, '')} (default: {default})"
+        if isinstance(default, bool):
+            p.add_argument(name, action=argparse.BooleanOptionalAction, default=default, help=help_)
+        else:
+            typ = type(default) if default is not None else str
+            p.add_argument(name, type=typ, default=default, help=help_)
+    return cls(**vars(p.parse_args(argv)))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def autocast(device: str):
+    """bf16 autocast on CUDA; a no-op on CPU (float32 there)."""
+    if device == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def load_policies(args: Args, device: str, path: Path | None = None) -> dict[str, Policy]:
+    """role -> policy; with --shared-policy the three roles hold the same object."""
+    policies = {}
+    for role in agents.ROLES:
+        name = str(path / (agents.ROLES[0] if args.shared_policy else role)) if path else (
+            getattr(args, f"model_{role}") or args.model)
+        if args.shared_policy and role != agents.ROLES[0]:
+            policies[role] = policies[agents.ROLES[0]]
+        else:
+            policies[role] = agents.load_policy(name, role, device)
+    return policies
+
+
+def trained_roles(args: Args, step: int) -> list[str]:
+    """Joint: every agent. Independent: agent k during the k-th third of the steps (others frozen)."""
+    if args.mode == "joint":
+        return list(agents.ROLES)
+    phase = min(2, step * 3 // max(1, args.steps))
+    return [agents.ROLES[phase]]
+
+
+def batch_at(examples: list[Example], step: int, n: int, seed: int) -> list[Example]:
+    """The n queries of iteration `step`: a fresh seeded permutation per epoch (stateless, for --resume)."""
+    out, per_epoch = [], len(examples)
+    for i in range(step * n, (step + 1) * n):
+        epoch, k = divmod(i, per_epoch)
+        order = np.random.default_rng([seed, epoch]).permutation(per_epoch)
+        out.append(examples[order[k]])
+    return out
+
+
+# ======================================================================== the algorithm: GRPO policy loss
+
+def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor,
+                clip_eps: float, denom: float, agg: str = "token", ref_logp: torch.Tensor | None = None,
+                kl_beta: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """Clipped group-relative policy-gradient loss of one micro-batch (PAPER.md §5, Eq. 16 objective).
+
+    Per completion token t of sequence i (all tensors (B, T), adv (B,) broadcast to every token):
+        rho   = exp(logp - old_logp)                                  ratio pi_theta / pi_old
+        pg    = -min(rho * A_i, clip(rho, 1-eps, 1+eps) * A_i)
+        kl    = exp(ref - logp) - (ref - logp) - 1                    k3 estimator of KL(pi_theta || pi_ref)
+        l_it  = pg + kl_beta * kl
+    Aggregation (one rule, documented, invariant to micro-batching because `denom` is the WHOLE batch's):
+        token:    loss = sum_{i,t} mask * l_it / denom,   denom = completion tokens in the batch
+        sequence: loss = sum_i (sum_t mask * l_it / len_i) / denom,   denom = sequences in the batch
+    Worked example: adv = [1, -1], mask = [[1,1,0],[1,0,0]], rho = 1 everywhere, token aggregation ->
+        l = [[-1,-1,0],[1,0,0]], loss = (-1 - 1 + 1) / 3 = -1/3.
+    """
+    ratio = torch.exp(logp - old_logp)  # (B, T)
+    a = adv[:, None]  # (B, 1)
+    pg = -torch.minimum(ratio * a, ratio.clamp(1 - clip_eps, 1 + clip_eps) * a)  # (B, T)
+    per_token = pg
+    kl = torch.zeros_like(pg)
+    if ref_logp is not None and kl_beta > 0:
+        d = ref_logp - logp  # (B, T)
+        kl = torch.exp(d) - d - 1
+        per_token = pg + kl_beta * kl
+    if agg == "token":
+        loss = (per_token * mask).sum() / denom
+    elif agg == "sequence":
+        loss = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)).sum() / denom
+    else:
+        raise ValueError(f"--loss-agg must be 'token' or 'sequence', got {agg!r}")
+    with torch.no_grad():
+        n = mask.sum()
+        stats = {"clip_frac": (((ratio - 1).abs() > clip_eps).float() * mask).sum().item(),
+                 "kl": (kl * mask).sum().item(), "tokens": n.item()}
+    return loss, stats
+
+
+def grpo_update(policy: Policy, opt: torch.optim.Optimizer, batch: list[tuple[list[int], list[int], float]],
+                args: Args, device: str, ref: Policy | None = None) -> dict:
+    """One optimiser step on (prompt ids, sampled completion ids, advantage) triples.
+
+    Gradients are accumulated over micro-batches of `args.micro_batch` sequences; the loss of each is
+    normalised by the whole batch's token (or sequence) count, so the summed gradient does not depend
+    on the micro-batch size. With ppo_epochs > 1, the old log-probs come from one no-grad pass before
+    the first update (so the ratio is exactly 1 at the first update either way).
+    """
+    model = policy.model
+    model.train()
+    mbs = [batch[i:i + args.micro_batch] for i in range(0, len(batch), args.micro_batch)]
+    denom = sum(len(c) for _, c, _ in batch) if args.loss_agg == "token" else len(batch)
+    old = None
+    if args.ppo_epochs > 1:
+        with torch.no_grad(), autocast(device):
+            old = [agents.completion_logprobs(model, [p for p, _, _ in mb], [c for _, c, _ in mb],
+                                              policy.pad_id, args.temperature)[0] for mb in mbs]
+    totals = {"loss": 0.0, "clip_frac": 0.0, "kl": 0.0, "tokens": 0.0, "grad_norm": 0.0}
+    for _epoch in range(args.ppo_epochs):
+        opt.zero_grad(set_to_none=True)
+        for k, mb in enumerate(mbs):
+            prompts, comps = [p for p, _, _ in mb], [c for _, c, _ in mb]
+            adv = torch.tensor([a for _, _, a in mb], dtype=torch.float32, device=device)  # (B,)
+            with autocast(device):
+                logp, mask = agents.completion_logprobs(model, prompts, comps, policy.pad_id, args.temperature)
+                ref_logp = None
+                if ref is not None:
+                    with torch.no_grad():
+                        ref_logp = agents.completion_logprobs(ref.model, prompts, comps, policy.pad_id,
+                                                              args.temperature)[0]
+            old_logp = logp.detach() if old is None else old[k]
+            loss, st = policy_loss(logp, old_logp, adv, mask, args.clip_eps, denom, args.loss_agg,
+                                   ref_logp, args.kl_beta)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss ({loss.item()}) for {policy.name}: stopping this step "
+                                         "rather than replacing it; lower --lr or check the inputs")
+            loss.backward()
+            totals["loss"] += loss.item()
+            for key in ("clip_frac", "kl", "tokens"):
+                totals[key] += st[key]
+        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        if not torch.isfinite(gn):
+            raise FloatingPointError(f"non-finite gradient norm for {policy.name}: stopping this step")
+        opt.step()
+        totals["grad_norm"] = gn.item()
+    tokens = max(1.0, totals.pop("tokens"))
+    return {"loss": totals["loss"] / args.ppo_epochs, "clip_frac": totals["clip_frac"] / tokens,
+            "kl": totals["kl"] / tokens, "grad_norm": totals["grad_norm"], "tokens": tokens / args.ppo_epochs}
+
+
+def credit_step(groups: list[list[comam.Trajectory]], args: Args) -> tuple[dict[str, list], dict]:
+    """Eqs. 13-16 for every query group: advantages per role, and the means of r, v, w for logging."""
+    per_role = {role: [] for role in agents.ROLES}
+    logs = {"v": [], "w": [], "local": [], "global": [], "zero_std": []}
+    for group in groups:
+        local = np.array([t.local for t in group], dtype=np.float64).T  # (3, G)
+        glob = np.array([t.reward for t in group], dtype=np.float64)  # (G,)
+        r_final, v, w = integrated_rewards(local, glob, args.credit, args.fixed_w, args.credit_variant)  # (3,G),(3,),(3,)
+        adv = group_advantages(r_final)  # (3, G)
+        for n, role in enumerate(agents.ROLES):
+            for t, a in zip(group, adv[n]):
+                act = t.actions[role]
+                per_role[role].append((act.prompt, act.completion, float(a)))
+        logs["v"].append(v)
+        logs["w"].append(w)
+        logs["local"].append(np.nanmean(local, axis=1) if not np.isnan(local).all() else np.full(3, np.nan))
+        logs["global"].append(glob.mean())
+        logs["zero_std"].append((np.abs(adv).sum(axis=1) == 0))
+    return per_role, {k: np.mean(np.stack(v) if k != "global" else v, axis=0) for k, v in logs.items()}
+
+
+# ======================================================================== plumbing: checkpoints
+
+def save_checkpoint(run: Path, policies: dict[str, Policy], opts: dict, step: int, args: Args) -> None:
+    """Write run/ckpt atomically: everything goes to ckpt.tmp, which is then renamed into place."""
+    tmp, final = run / "ckpt.tmp", run / "ckpt"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    for role, pol in unique(policies).items():
+        pol.model.save_pretrained(tmp / role)
+        pol.tokenizer.save_pretrained(tmp / role)
+        torch.save(opts[role].state_dict(), tmp / role / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step, "args": asdict(args)}, indent=2))
+    old = run / "ckpt.old"
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def unique(policies: dict[str, Policy]) -> dict[str, Policy]:
+    """role -> policy, each distinct policy once (under its first role)."""
+    seen, out = set(), {}
+    for role, pol in policies.items():
+        if id(pol) not in seen:
+            seen.add(id(pol))
+            out[role] = pol
+    return out
+
+
+def make_optimizers(policies: dict[str, Policy], lr: float) -> dict:
+    return {role: torch.optim.AdamW(pol.model.parameters(), lr=lr, weight_decay=0.0)
+            for role, pol in unique(policies).items()}
+
+
+# ======================================================================== main loop
+
+def main(args: Args) -> dict:
+    import eval as evaluation  # eval.py (the module name shadows the builtin only inside this function)
+
+    if args.credit not in CREDIT_MODES:
+        raise SystemExit(f"--credit must be one of {CREDIT_MODES}, got {args.credit!r}")
+    if args.credit_variant not in VARIANTS:
+        raise SystemExit(f"--credit-variant must be one of {VARIANTS}, got {args.credit_variant!r}")
+    if args.mode not in ("joint", "independent"):
+        raise SystemExit(f"--mode must be joint or independent, got {args.mode!r}")
+    device = resolve_device(args.device)
+    seed_everything(args.seed)
+    run = Path(args.out) / f"{args.exp_name}-s{args.seed}"
+    folder = ensure(args.data, args.train_users)
+    train_set = [ex for ex in read_split(folder, "train") if ex.evidence_session is not None]
+    val_set = evaluation.subset_users(read_split(folder, "val"), args.eval_users)
+
+    start = 0
+    if args.resume:
+        state_file = run / "ckpt" / "state.json"
+        if not state_file.exists():
+            raise SystemExit(f"--resume: no checkpoint at {state_file}")
+        start = json.loads(state_file.read_text())["step"]
+        policies = load_policies(args, device, run / "ckpt")
+        opts = make_optimizers(policies, args.lr)
+        for role, opt in opts.items():
+            opt.load_state_dict(torch.load(run / "ckpt" / role / "optimizer.pt", map_location=device))
+        print(f"resuming {run} at step {start}")
+    else:
+        if run.exists():
+            raise SystemExit(f"{run} exists: pass --resume to continue it, or another --exp-name / --seed")
+        policies = load_policies(args, device)
+        opts = make_optimizers(policies, args.lr)
+        run.mkdir(parents=True)
+        (run / "args.json").write_text(json.dumps(asdict(args), indent=2))
+    refs = {role: Policy(copy.deepcopy(p.model).eval().requires_grad_(False), p.tokenizer, p.name)
+            for role, p in unique(policies).items()} if args.kl_beta > 0 else {}
+    budgets, max_new = Budgets(), comam.MaxNew()
+    log_path = run / "log.jsonl"
+    if args.resume and log_path.exists():  # drop log lines of steps after the checkpoint (a killed run)
+        kept = [l for l in log_path.read_text().splitlines() if json.loads(l).get("step", 0) <= start]
+        log_path.write_text("".join(l + "\n" for l in kept))
+
+    def evaluate(tag: str) -> dict:
+        res = evaluation.evaluate(policies, val_set, budgets, max_new, temperature=args.eval_temperature,
+                                  seed=args.seed, desc=f"eval {tag}")
+        with open(run / "eval.jsonl", "a") as f:
+            f.write(json.dumps({"tag": tag, **res}) + "\n")
+        print(f"[{tag}] validation accuracy {res['accuracy']:.3f}  " +
+              "  ".join(f"{k}={v:.3f}" for k, v in res["local"].items() if v is not None))
+        return res
+
+    before = evaluate("no-train") if start == 0 else None
+    gen = torch.Generator()
+    bar = tqdm(range(start, args.steps), desc=args.exp_name, dynamic_ncols=True, initial=start, total=args.steps)
+    for step in bar:
+        t0 = time.time()
+        gen.manual_seed(args.seed * 1_000_003 + step)  # sampling randomness of this step, resumable
+        queries = batch_at(train_set, step, args.queries, args.seed)
+        for p in unique(policies).values():
+            p.model.eval()
+        with autocast(device):
+            groups = comam.rollout(policies, queries, args.group_size, budgets, max_new, args.temperature, gen)
+        t_gen = time.time() - t0
+        gen_tokens = sum(len(a.completion) for g in groups for t in g for a in t.actions.values())
+        per_role, clog = credit_step(groups, args)
+
+        # ---- update every trained policy (a shared policy gets the three roles' batches together)
+        t1 = time.time()
+        roles = trained_roles(args, step)
+        stats = {}
+        for owner, pol in unique(policies).items():
+            mine = [r for r in roles if policies[r] is pol]
+            if not mine:
+                continue
+            batch = [x for r in mine for x in per_role[r]]
+            stats[owner] = grpo_update(pol, opts[owner], batch, args, device, refs.get(owner))
+        t_upd = time.time() - t1
+        upd_tokens = sum(s["tokens"] for s in stats.values())
+
+        trajs = [t for g in groups for t in g]
+        row = {"step": step + 1, "trained": roles, "global_reward": float(clog["global"]),
+               **{f"local_{r}": float(clog["local"][n]) for n, r in enumerate(agents.ROLES)},
+               **{f"v_{r}": float(clog["v"][n]) for n, r in enumerate(agents.ROLES)},
+               **{f"w_{r}": float(clog["w"][n]) for n, r in enumerate(agents.ROLES)},
+               **{f"zero_std_{r}": float(clog["zero_std"][n]) for n, r in enumerate(agents.ROLES)},
+               **{f"format_fail_{r}": float(np.mean([not t.actions[r].ok for t in trajs])) for r in agents.ROLES},
+               **{f"len_{r}": float(np.mean([len(t.actions[r].completion) for t in trajs])) for r in agents.ROLES},
+               **{f"{k}_{r}": v for r, s in stats.items() for k, v in s.items() if k != "tokens"},
+               "gen_tok_s": gen_tokens / max(t_gen, 1e-9), "upd_tok_s": upd_tokens / max(t_upd, 1e-9),
+               "step_s": time.time() - t0}
+        with open(log_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        bar.set_postfix(r3=f"{row['global_reward']:.2f}", r0=f"{row['local_extraction']:.2f}",
+                        r1=f"{row['local_profile']:.2f}", r2=f"{row['local_retrieval']:.2f}")
+        tqdm.write(f"step {step + 1:4d} | r3 {row['global_reward']:.3f} | r0 {row['local_extraction']:.3f} "
+                   f"r1 {row['local_profile']:.3f} r2 {row['local_retrieval']:.3f} | w " +
+                   " ".join(f"{row['w_' + r]:.2f}" for r in agents.ROLES) +
+                   f" | kl {np.mean([s['kl'] for s in stats.values()]):.4f} clip "
+                   f"{np.mean([s['clip_frac'] for s in stats.values()]):.3f} | {row['step_s']:.2f}s")
+        if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
+            save_checkpoint(run, policies, opts, step + 1, args)
+        if args.eval_every and (step + 1) % args.eval_every == 0 and step + 1 < args.steps:
+            evaluate(f"step-{step + 1}")
+
+    after = evaluate("final")
+    summary = {"run": str(run), "no_train": before, "final": after}
+    (run / "summary.json").write_text(json.dumps(summary, indent=2))
+    if before is not None:
+        print(evaluation.format_comparison({"no train (warm start)": before, "CoMAM-trained": after}))
+    return summary
+
+
+if __name__ == "__main__":
+    main(parse_args(Args, __doc__))
