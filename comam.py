@@ -30,6 +30,9 @@ class MaxNew:
     profile: int = 40
     retrieval: int = 24
 
+    def scaled(self, k: float) -> "MaxNew":
+        return MaxNew(int(self.extraction * k), int(self.profile * k), int(self.retrieval * k))
+
 
 @dataclass
 class Action:
@@ -166,14 +169,13 @@ def build_memory(policies: dict[str, Policy], histories: dict[str, list[list[Lin
 
 
 @torch.no_grad()
-def answer(policies: dict[str, Policy], examples: list[Example], memories: dict[str, Memory], budgets: Budgets,
+def answer(policies: dict[str, Policy], examples: list[Example], memories: list[Memory], budgets: Budgets,
            max_new: MaxNew, temperature: float, generator=None) -> list[Trajectory]:
-    """The retrieval agent answers each query from its user's accumulated memory."""
-    items = [(memories[ex.user].lines, memories[ex.user].profile, ex) for ex in examples]
+    """The retrieval agent answers each query from its memory (`memories[i]` for `examples[i]`)."""
+    items = [(m.lines, m.profile, ex) for ex, m in zip(examples, memories)]
     trajs = []
-    for ex, (act, ids, letter) in zip(examples, run_retrieval(policies["retrieval"], items, budgets,
-                                                               max_new.retrieval, temperature, generator)):
-        m = memories[ex.user]
+    for ex, m, (act, ids, letter) in zip(examples, memories, run_retrieval(
+            policies["retrieval"], items, budgets, max_new.retrieval, temperature, generator)):
         t = Trajectory(ex, m.lines, m.profile, ids, letter, {"retrieval": act})
         t.score()
         trajs.append(t)

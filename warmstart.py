@@ -49,7 +49,7 @@ class Args:
     """behaviour-cloning steps of the extraction agent"""
     steps_profile: int = 600
     """behaviour-cloning steps of the profile agent"""
-    steps_retrieval: int = 1500
+    steps_retrieval: int = 2000
     """behaviour-cloning steps of the retrieval-and-answer agent"""
     batch_size: int = 32
     """demonstrations per step"""
@@ -63,10 +63,12 @@ class Args:
     """probability that an extraction demonstration drops one informative line or adds one other line"""
     noise_profile: float = 0.3
     """probability that a profile demonstration drops one statement"""
-    noise_answer: float = 0.4
+    noise_answer: float = 0.3
     """probability that a retrieval demonstration answers with a wrong option"""
     eval_users: int = 0
     """validation users for the final evaluation (0 = all)"""
+    probe_every: int = 250
+    """print each agent's greedy score on 64 validation questions every N steps (0 = never)"""
     roles: str = "extraction,profile,retrieval"
     """agents to (re)train; the others are kept from <out> (their tokenizer is reused)"""
     seed: int = 0
@@ -85,15 +87,18 @@ def extraction_demo(rng: random.Random, policy: Policy, lines: list[Line], key: 
             keep.discard(rng.choice(sorted(keep)))
         elif others:
             keep.add(rng.choice(others))
-    return prompt, " ".join(str(k) for k, l in enumerate(shown, 1) if l.id in keep)
+    return prompt, " ".join(str(k) for k, l in enumerate(shown, 1) if l.id in keep) or agents.NONE
 
 
 def profile_demo(rng: random.Random, policy: Policy, session, noise: float, budgets: Budgets):
+    """Memory = the session's informative lines (none for a small-talk session, or a stray line)."""
     memory = [l for l in session.lines if l.id in session.notes]
-    statements = [st for l in memory for st in session.notes[l.id]]
+    if not memory and rng.random() < 0.5:
+        memory = [rng.choice([l for l in session.lines if l.role == "user"])]
+    statements = [st for l in memory for st in session.notes.get(l.id, [])]
     if statements and rng.random() < noise:
         statements.pop(rng.randrange(len(statements)))
-    return agents.profile_prompt(policy, memory, budgets), " ; ".join(statements)
+    return agents.profile_prompt(policy, memory, budgets), " ; ".join(statements) or agents.NONE
 
 
 def retrieval_demo(rng: random.Random, policy: Policy, ex: Example, noise: float, budgets: Budgets):
@@ -119,16 +124,41 @@ def make_demo(role: str, rng: random.Random, policy: Policy, examples: list[Exam
         s = rng.choice(ex.sessions)
         return extraction_demo(rng, policy, s.lines, s.key_lines, args.noise_extraction, budgets)
     if role == "profile":
-        s = rng.choice([s for s in ex.sessions if s.notes]) if any(s.notes for s in ex.sessions) else ex.sessions[0]
+        informative = [s for s in ex.sessions if s.notes]
+        s = rng.choice(informative if informative and rng.random() < 0.8 else ex.sessions)
         return profile_demo(rng, policy, s, args.noise_profile, budgets)
     return retrieval_demo(rng, policy, ex, args.noise_answer, budgets)
 
 
 # ======================================================================== behaviour cloning
 
+@torch.no_grad()
+def probe(role: str, policy: Policy, probes: list[Example], budgets: Budgets) -> float:
+    """Greedy score of one agent on clean inputs: extraction exact set of informative lines; profile
+    rubric (Eq. 10); retrieval answer accuracy with the evidence session's informative lines as memory."""
+    import comam
+    import rewards
+    if role == "extraction":
+        hs = [ex.sessions[ex.evidence_session] for ex in probes]
+        out = comam.run_extraction(policy, [s.lines for s in hs], budgets, comam.MaxNew().extraction, 0.0)
+        return sum({l.id for l in kept} == set(s.key_lines) for (_, kept), s in zip(out, hs)) / len(hs)
+    if role == "profile":
+        hs = [ex.sessions[ex.evidence_session] for ex in probes]
+        out = comam.run_profile(policy, [[l for l in s.lines if l.id in s.notes] for s in hs], budgets,
+                                comam.MaxNew().profile, 0.0)
+        return sum(rewards.profile_reward(st, s.profile) for (_, st), s in zip(out, hs)) / len(hs)
+    items = []
+    for ex in probes:
+        s = ex.sessions[ex.evidence_session]
+        items.append(([l for l in s.lines if l.id in s.notes], s.profile, ex))
+    out = comam.run_retrieval(policy, items, budgets, comam.MaxNew().retrieval, 0.0)
+    return sum(letter == ex.gold for (_, _, letter), (_, _, ex) in zip(out, items)) / len(items)
+
+
 def clone(role: str, policy: Policy, examples: list[Example], steps: int, args: Args, budgets: Budgets,
-          rng: random.Random) -> list[float]:
-    """Cross-entropy on the demonstration tokens (target + EOS), token mean over the batch."""
+          rng: random.Random, probes: list[Example] | None = None) -> list[float]:
+    """Cross-entropy on the demonstration tokens (target + EOS), token mean over the batch.
+    Every `args.probe_every` steps, the greedy score on `probes` (validation questions) is printed."""
     opt = torch.optim.AdamW(policy.model.parameters(), lr=args.lr, weight_decay=0.0)
     tok = policy.tokenizer
     losses = []
@@ -148,7 +178,15 @@ def clone(role: str, policy: Policy, examples: list[Example], steps: int, args: 
         opt.step()
         losses.append(loss.item())
         bar.set_postfix(loss=f"{loss.item():.3f}")
+        if probes and args.probe_every and ((step + 1) % args.probe_every == 0 or step + 1 == steps):
+            score = probe(role, policy, probes, budgets)
+            policy.model.train()
+            tqdm.write(f"{role} step {step + 1}: greedy score on {len(probes)} validation questions {score:.3f}")
+            PROBE_LOG.setdefault(role, []).append((step + 1, round(score, 4)))
     return losses
+
+
+PROBE_LOG: dict[str, list] = {}
 
 
 def tiny_tokenizer_texts(examples: list[Example]) -> list[str]:
@@ -178,6 +216,8 @@ def main(args: Args) -> dict:
     else:
         tok = agents.build_tokenizer(tiny_tokenizer_texts(train))
     budgets = Budgets()
+    val_file = Path(folder) / "val_questions.jsonl"
+    probes = random.Random(args.seed).sample(read_split(folder, "val"), 64) if val_file.exists() else []
     report_file = out / "warmstart.json"
     report = json.loads(report_file.read_text()) if report_file.exists() and len(roles) < 3 else {"loss": {}, "args": {}}
     for k, role in enumerate(agents.ROLES):
@@ -185,9 +225,10 @@ def main(args: Args) -> dict:
             continue
         policy = Policy(agents.build_tiny(tok, args.hidden, args.layers, seed=args.seed + k), tok, "tiny")
         steps = args.steps or getattr(args, f"steps_{role}")
-        losses = clone(role, policy, train, steps, args, budgets, random.Random(args.seed * 10 + k))
+        losses = clone(role, policy, train, steps, args, budgets, random.Random(args.seed * 10 + k), probes)
         report["loss"][role] = sum(losses[-20:]) / max(1, len(losses[-20:]))
         report["args"][role] = {**asdict(args), "steps": steps}
+        report.setdefault("probe", {})[role] = PROBE_LOG.get(role, [])
         tmp = out.parent / (out.name + f".{role}.tmp")
         policy.model.save_pretrained(tmp)
         tok.save_pretrained(tmp)

