@@ -202,7 +202,7 @@ INSTRUCTIONS = {
     "extraction": "Below are numbered lines of a conversation. Reply with the numbers of the lines in which "
                   "the user states a fact about themselves or a preference, separated by spaces, or none.",
     "profile": "Below are lines a user said. Write the user's profile as short statements separated by ' ; ', "
-               "for example: pet cat milo ; hometown oslo ; likes jazz ; dislikes tea ; used to like tennis "
+               "for example: pet cat milo ; hometown oslo ; music likes jazz ; drink dislikes tea ; sport used to like tennis "
                "(or none)",
     "retrieval": "Answer the user's question from the memory. First write the numbers of the memory lines you "
                  "use inside <information></information>, then the text of the option you choose inside "

@@ -88,12 +88,19 @@ def run_extraction(policy: Policy, histories: list[list[Line]], budgets: Budgets
 
 def run_profile(policy: Policy, memories: list[list[Line]], budgets: Budgets, max_new: int,
                 temperature: float, generator=None) -> list[tuple[Action, list[str]]]:
-    """Agent 1: for each M_f, the profile statements M_c."""
-    prompts = [agents.profile_prompt(policy, m, budgets) for m in memories]
-    out = []
-    for p, c, lp, text in _generate(policy, prompts, max_new, temperature, generator):
+    """Agent 1: for each M_f, the profile statements M_c.
+
+    An empty M_f has nothing to abstract: the agent is not called, M_c gets no statement, and the
+    action is empty (no token to train on). Without this rule a profile agent trained only on
+    evidence sessions (PAPER.md §2) invents statements for small-talk sessions at evaluation time.
+    """
+    todo = [i for i, m in enumerate(memories) if m]
+    generated = _generate(policy, [agents.profile_prompt(policy, memories[i], budgets) for i in todo],
+                          max_new, temperature, generator) if todo else []
+    out = [(Action([], [], [], "", True), []) for _ in memories]
+    for i, (p, c, lp, text) in zip(todo, generated):
         statements, ok = agents.parse_profile(text)
-        out.append((Action(p, c, lp, text, ok), statements))
+        out[i] = (Action(p, c, lp, text, ok), statements)
     return out
 
 

@@ -292,7 +292,8 @@ def credit_step(groups: list[list[comam.Trajectory]], args: Args) -> tuple[dict[
         for n, role in enumerate(agents.ROLES):
             for t, a in zip(group, adv[n]):
                 act = t.actions[role]
-                per_role[role].append((act.prompt, act.completion, float(a)))
+                if act.completion:  # an agent that was not called (empty input) took no action
+                    per_role[role].append((act.prompt, act.completion, float(a)))
         logs["v"].append(v)
         logs["w"].append(w)
         logs["local"].append(np.nanmean(local, axis=1) if not np.isnan(local).all() else np.full(3, np.nan))
@@ -415,9 +416,9 @@ def main(args: Args) -> dict:
         stats = {}
         for owner, pol in unique(policies).items():
             mine = [r for r in roles if policies[r] is pol]
-            if not mine:
-                continue
             batch = [x for r in mine for x in per_role[r]]
+            if not batch:
+                continue
             stats[owner] = grpo_update(pol, opts[owner], batch, args, device, refs.get(owner))
         t_upd = time.time() - t1
         upd_tokens = sum(s["tokens"] for s in stats.values())

@@ -1,7 +1,7 @@
 """Warm start of the tiny default model: behaviour-clone each agent on demonstrations.
 
     python warmstart.py                    # builds checkpoints/tiny-warmstart/{extraction,profile,retrieval}
-    python warmstart.py --steps 40 --out /tmp/ws --train-users 20   # a toy run
+    python warmstart.py --steps 30 --out /tmp/ws --train-users 20   # a toy run
 
 The tiny model starts from random weights, so before reinforcement learning each agent must learn its
 output format. Demonstrations come from the generator's ground truth (PAPER.md §8):
@@ -15,6 +15,11 @@ quickly sharpens a policy that already produces the right answer among its sampl
 demonstrations: +17 points greedy in 200 steps) but barely moves an under-trained one; so the warm
 start teaches every format and the skill, with room left for RL.
 
+One model is cloned on a mixture of the three agents' demonstrations (each step one agent's batch,
+in the proportions `--role-weights`), and the three agents start as three separate copies of it, as the
+paper's agents start from a shared pretrained LLM. All three need the same slow skill, copying a value
+from their input into their output; learnt once from all the demonstrations it comes much sooner.
+
 The result is the "no train" row of the tiny model. Its validation accuracy, per question type, is
 printed at the end (`eval.py` on the deployed, full-history setting).
 """
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,14 +49,10 @@ class Args:
     """where the three agents' checkpoints are written"""
     train_users: int = 300
     """users of the generated benchmark's train split (only used when generating it)"""
-    steps: int = 0
-    """if > 0, the same number of steps for every agent (toy runs); else the per-agent values below"""
-    steps_extraction: int = 400
-    """behaviour-cloning steps of the extraction agent"""
-    steps_profile: int = 600
-    """behaviour-cloning steps of the profile agent"""
-    steps_retrieval: int = 2000
-    """behaviour-cloning steps of the retrieval-and-answer agent"""
+    steps: int = 3000
+    """behaviour-cloning steps in all (each step trains on one agent's demonstrations)"""
+    role_weights: str = "1,2,3"
+    """share of the steps for extraction, profile, retrieval (copying values is what takes longest)"""
     batch_size: int = 32
     """demonstrations per step"""
     lr: float = 1e-3
@@ -69,8 +71,8 @@ class Args:
     """validation users for the final evaluation (0 = all)"""
     probe_every: int = 250
     """print each agent's greedy score on 64 validation questions every N steps (0 = never)"""
-    roles: str = "extraction,profile,retrieval"
-    """agents to (re)train; the others are kept from <out> (their tokenizer is reused)"""
+    init_from: str = ""
+    """continue cloning from this warm-start folder (its tokenizer and weights) instead of random weights"""
     seed: int = 0
     """random seed (weights, demonstrations)"""
 
@@ -155,19 +157,27 @@ def probe(role: str, policy: Policy, probes: list[Example], budgets: Budgets) ->
     return sum(letter == ex.gold for (_, _, letter), (_, _, ex) in zip(out, items)) / len(items)
 
 
-def clone(role: str, policy: Policy, examples: list[Example], steps: int, args: Args, budgets: Budgets,
-          rng: random.Random, probes: list[Example] | None = None) -> list[float]:
+def schedule(weights: list[int], steps: int) -> list[str]:
+    """Which agent's demonstrations each step trains on: weights (1, 2, 3) -> E P P R R R E P P R R R ..."""
+    cycle = [role for role, w in zip(agents.ROLES, weights) for _ in range(w)]
+    return [cycle[i % len(cycle)] for i in range(steps)]
+
+
+def clone(policy: Policy, examples: list[Example], args: Args, budgets: Budgets,
+          probes: list[Example] | None = None) -> dict[str, list[float]]:
     """Cross-entropy on the demonstration tokens (target + EOS), token mean over the batch.
-    Every `args.probe_every` steps, the greedy score on `probes` (validation questions) is printed."""
+    Every `args.probe_every` steps, each agent's greedy score on `probes` (validation) is printed."""
     opt = torch.optim.AdamW(policy.model.parameters(), lr=args.lr, weight_decay=0.0)
     tok = policy.tokenizer
-    losses = []
-    bar = tqdm(range(steps), desc=f"warm start {role}", dynamic_ncols=True)
-    for step in bar:
-        lr = args.lr * min(1.0, (step + 1) / 50) * (0.1 + 0.9 * (1 - step / max(1, steps)))  # warm-up, decay
+    rngs = {role: random.Random(args.seed * 10 + k) for k, role in enumerate(agents.ROLES)}
+    plan = schedule([int(w) for w in args.role_weights.split(",")], args.steps)
+    losses = {role: [] for role in agents.ROLES}
+    bar = tqdm(plan, desc="warm start", dynamic_ncols=True)
+    for step, role in enumerate(bar):
+        lr = args.lr * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * (1 - step / max(1, args.steps)))  # warm-up, decay
         for g in opt.param_groups:
             g["lr"] = lr
-        demos = [make_demo(role, rng, policy, examples, args, budgets) for _ in range(args.batch_size)]
+        demos = [make_demo(role, rngs[role], policy, examples, args, budgets) for _ in range(args.batch_size)]
         prompts = [p for p, _ in demos]
         targets = [tok(t, add_special_tokens=False).input_ids + [policy.eos_id] for _, t in demos]
         logp, mask = agents.completion_logprobs(policy.model, prompts, targets, policy.pad_id)  # (B, T-1) each
@@ -176,13 +186,15 @@ def clone(role: str, policy: Policy, examples: list[Example], steps: int, args: 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(policy.model.parameters(), 1.0)
         opt.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-        if probes and args.probe_every and ((step + 1) % args.probe_every == 0 or step + 1 == steps):
-            score = probe(role, policy, probes, budgets)
+        losses[role].append(loss.item())
+        bar.set_postfix(role=role[:4], loss=f"{loss.item():.3f}")
+        if probes and args.probe_every and ((step + 1) % args.probe_every == 0 or step + 1 == args.steps):
+            scores = {r: probe(r, policy, probes, budgets) for r in agents.ROLES}
             policy.model.train()
-            tqdm.write(f"{role} step {step + 1}: greedy score on {len(probes)} validation questions {score:.3f}")
-            PROBE_LOG.setdefault(role, []).append((step + 1, round(score, 4)))
+            tqdm.write(f"step {step + 1}: greedy scores on {len(probes)} validation questions " +
+                       "  ".join(f"{r} {v:.3f}" for r, v in scores.items()))
+            for r, v in scores.items():
+                PROBE_LOG.setdefault(r, []).append((step + 1, round(v, 4)))
     return losses
 
 
@@ -210,38 +222,35 @@ def main(args: Args) -> dict:
     folder = ensure(args.data, args.train_users)
     train = read_split(folder, "train")
     out = Path(args.out)
-    roles = [r for r in args.roles.split(",") if r]
-    if set(roles) != set(agents.ROLES):  # partial re-run: keep the existing vocabulary
-        tok = agents.load_policy(str(out), agents.ROLES[0]).tokenizer
+    if args.init_from:  # the three agents of a warm start are identical copies: take the first
+        start = agents.load_policy(args.init_from, agents.ROLES[0])
+        tok = start.tokenizer
     else:
         tok = agents.build_tokenizer(tiny_tokenizer_texts(train))
     budgets = Budgets()
     val_file = Path(folder) / "val_questions.jsonl"
-    probes = random.Random(args.seed).sample(read_split(folder, "val"), 64) if val_file.exists() else []
-    report_file = out / "warmstart.json"
-    report = json.loads(report_file.read_text()) if report_file.exists() and len(roles) < 3 else {"loss": {}, "args": {}}
-    for k, role in enumerate(agents.ROLES):
-        if role not in roles:
-            continue
-        policy = Policy(agents.build_tiny(tok, args.hidden, args.layers, seed=args.seed + k), tok, "tiny")
-        steps = args.steps or getattr(args, f"steps_{role}")
-        losses = clone(role, policy, train, steps, args, budgets, random.Random(args.seed * 10 + k), probes)
-        report["loss"][role] = sum(losses[-20:]) / max(1, len(losses[-20:]))
-        report["args"][role] = {**asdict(args), "steps": steps}
-        report.setdefault("probe", {})[role] = PROBE_LOG.get(role, [])
-        tmp = out.parent / (out.name + f".{role}.tmp")
-        policy.model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        (out).mkdir(parents=True, exist_ok=True)
-        if (out / role).exists():
-            import shutil
-            shutil.rmtree(out / role)
-        tmp.rename(out / role)  # written whole, then renamed into place
-    report.setdefault("seconds", {})
-    report["seconds"] = {**(report["seconds"] if isinstance(report["seconds"], dict) else {}),
-                         ",".join(roles): round(time.time() - t0, 1)}
-    report_file.write_text(json.dumps(report, indent=2))
-    print(f"warm start written to {out} in {time.time() - t0:.0f}s; final losses {report['loss']}")
+    probes = []
+    if args.probe_every and val_file.exists():
+        val = read_split(folder, "val")
+        probes = random.Random(args.seed).sample(val, min(64, len(val)))
+    model = start.model if args.init_from else agents.build_tiny(tok, args.hidden, args.layers, seed=args.seed)
+    policy = Policy(model, tok, "tiny")
+    losses = clone(policy, train, args, budgets, probes)
+    tmp = out.parent / (out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    for role in agents.ROLES:  # three separate policies, identical at the start
+        policy.model.save_pretrained(tmp / role)
+        tok.save_pretrained(tmp / role)
+    previous = Path(args.init_from) / "warmstart.json" if args.init_from else None
+    report = {"args": asdict(args), "seconds": round(time.time() - t0, 1), "probe": PROBE_LOG,
+              "continued_from": json.loads(previous.read_text()) if previous and previous.exists() else None,
+              "final_loss": {r: sum(l[-20:]) / max(1, len(l[-20:])) for r, l in losses.items()}}
+    (tmp / "warmstart.json").write_text(json.dumps(report, indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)  # written whole, then renamed into place
+    print(f"warm start written to {out} in {report['seconds']:.0f}s; final losses {report['final_loss']}")
     return report
 
 

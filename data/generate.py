@@ -83,11 +83,14 @@ FACT_TEMPLATES = {
     "sibling": ["my {rel} {name} is visiting next week .", "i called my {rel} {name} yesterday .",
                 "{name} , my {rel} , got engaged ."],
 }
-LIKE_TEMPLATES = ["i really love {item} .", "lately i can not get enough of {item} .",
-                  "{item} is my favourite {noun} ."]
-DISLIKE_TEMPLATES = ["i can not stand {item} .", "honestly {item} is not for me .", "i really dislike {item} ."]
-CHANGE_TEMPLATES = ["i used to love {old} but since {reason} i prefer {new} now .",
-                    "these days i am into {new} instead of {old} because {reason} ."]
+# Preference lines always name their topic, so that a question about "music" can be matched to them
+# without world knowledge of which items are music (a hop the tiny model learns slowly).
+LIKE_TEMPLATES = ["when it comes to {noun} , i really love {item} .", "my favourite {noun} is {item} .",
+                  "for {noun} , i can not get enough of {item} ."]
+DISLIKE_TEMPLATES = ["when it comes to {noun} , i can not stand {item} .", "for {noun} , {item} is not for me .",
+                     "as for {noun} , i really dislike {item} ."]
+CHANGE_TEMPLATES = ["when it comes to {noun} , i used to love {old} but since {reason} i prefer {new} now .",
+                    "for {noun} , these days i am into {new} instead of {old} because {reason} ."]
 
 
 @dataclass
@@ -135,12 +138,13 @@ def _events(rng: random.Random, facts: dict) -> tuple[list[Event], list[Event]]:
     for t, p in facts["prefs"].items():
         noun = TOPICS[t][0]
         early.append(Event("like", rng.choice(LIKE_TEMPLATES).format(item=p["like"], noun=noun),
-                           [f"likes {p['like']}"], topic=t, item=p["like"]))
-        early.append(Event("dislike", rng.choice(DISLIKE_TEMPLATES).format(item=p["dislike"]),
-                           [f"dislikes {p['dislike']}"], topic=t, item=p["dislike"]))
+                           [f"{noun} likes {p['like']}"], topic=t, item=p["like"]))
+        early.append(Event("dislike", rng.choice(DISLIKE_TEMPLATES).format(item=p["dislike"], noun=noun),
+                           [f"{noun} dislikes {p['dislike']}"], topic=t, item=p["dislike"]))
         if "reason" in p:
-            text = rng.choice(CHANGE_TEMPLATES).format(old=p["like"], new=p["new"], reason=REASONS[p["reason"]][0])
-            late.append(Event("change", text, [f"likes {p['new']}", f"used to like {p['like']}"],
+            text = rng.choice(CHANGE_TEMPLATES).format(old=p["like"], new=p["new"], noun=noun,
+                                                       reason=REASONS[p["reason"]][0])
+            late.append(Event("change", text, [f"{noun} likes {p['new']}", f"{noun} used to like {p['like']}"],
                               topic=t, item=p["new"], old=p["like"], reason=p["reason"]))
     rng.shuffle(early)
     return early, late

@@ -37,5 +37,6 @@ def toy_warmstart(toy_data, tmp_path_factory):
     """A 3-step warm start of a 1-layer model: the layout of the shipped checkpoint, at toy size."""
     import warmstart
     out = tmp_path_factory.mktemp("ws") / "tiny"
-    warmstart.main(warmstart.Args(data=str(toy_data), out=str(out), steps=3, batch_size=4, hidden=32, layers=1))
+    warmstart.main(warmstart.Args(data=str(toy_data), out=str(out), steps=6, batch_size=4, hidden=32, layers=1,
+                                  probe_every=0))
     return out

@@ -120,8 +120,18 @@ def test_batch_order_is_seeded_and_covers_an_epoch():
 def varied_rewards(monkeypatch):
     """A 3-step toy warm start writes nothing parseable, so every reward would be 0 and every
     advantage 0 (no update at all: correct, but it tests nothing). These run tests replace the
-    rewards by a deterministic function of the sampled ids; Eqs. 9-12 are tested in test_rewards.py."""
+    rewards by a deterministic function of the sampled ids; Eqs. 9-12 are tested in test_rewards.py.
+    The toy extraction also never writes a valid line number, and the profile agent is not called on
+    an empty memory: here an unparseable extraction keeps the first line shown."""
     import comam
+
+    real_parse_ids = agents.parse_ids
+
+    def parse_ids(text, shown):
+        ids, ok = real_parse_ids(text, shown)
+        return (ids, ok) if ids or not shown else ([shown[0].id], False)
+
+    monkeypatch.setattr(agents, "parse_ids", parse_ids)
 
     def score(self):
         ids = [sum(a.completion) for a in self.actions.values()]
@@ -187,3 +197,21 @@ def test_help_lists_every_field_with_its_docstring(capsys):
         train.parse_args(Args, "doc", ["--help"])
     out = capsys.readouterr().out
     assert "--credit-variant" in out and "Algorithm 1" in out and "--shared-policy" in out
+
+
+def test_profile_agent_is_not_called_on_an_empty_memory(toy_policy, toy_train):
+    import comam
+    lines = toy_train[0].session_lines(0)[:3]
+    out = comam.run_profile(toy_policy, [[], lines, []], agents.Budgets(), 5, 1.0)
+    assert [bool(a.completion) for a, _ in out] == [False, True, False]
+    assert out[0][1] == [] and out[0][0].ok
+
+
+def test_warm_start_can_continue_from_a_checkpoint(toy_data, toy_warmstart, tmp_path):
+    import warmstart
+    warmstart.main(warmstart.Args(data=str(toy_data), out=str(tmp_path / "more"), steps=2, batch_size=2,
+                                  probe_every=0, init_from=str(toy_warmstart)))
+    a = agents.load_policy(str(toy_warmstart), "retrieval")
+    b = agents.load_policy(str(tmp_path / "more"), "retrieval")
+    assert a.tokenizer.get_vocab() == b.tokenizer.get_vocab()
+    assert any(not torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters()))
