@@ -37,7 +37,7 @@ import agents
 import comam
 from agents import Budgets, Policy
 from data.example import QUESTION_TYPES, Example, read_split
-from rewards import _recall_iou, profile_reward
+from rewards import recall_iou, profile_reward
 
 
 @dataclass
@@ -94,8 +94,8 @@ def metrics(trajs: list[comam.Trajectory], memories: list[comam.Memory], policy:
         by_type[t.example.qtype].append(t.reward)
         by_setting[t.example.setting].append(t.reward)
     ev = [t for t in trajs if t.example.evidence]
-    rec_iou_m = [_recall_iou([l.id for l in t.memory], t.example.evidence) for t in ev]
-    rec_iou_r = [_recall_iou(t.retrieved, t.example.evidence) for t in ev]
+    rec_iou_m = [recall_iou([l.id for l in t.memory], t.example.evidence) for t in ev]
+    rec_iou_r = [recall_iou(t.retrieved, t.example.evidence) for t in ev]
     distinct = {id(m): (m, t.example) for m, t in zip(memories, trajs)}.values()  # each memory once
     prof = [profile_reward(st, s.profile) for m, ex in distinct for s, st in zip(ex.sessions, m.per_session)]
     mem_tokens = [len(policy.tokenizer(" ".join([l.text for l in m.lines] + m.profile),

@@ -18,14 +18,14 @@ from typing import Callable, Iterable
 # ---------------------------------------------------------------- Eq. 9 / Eq. 11: set overlap
 
 
-def _recall_iou(pred: Iterable[int] | None, gold: Iterable[int]) -> tuple[float, float]:
+def recall_iou(pred: Iterable[int] | None, gold: Iterable[int]) -> tuple[float, float]:
     """Recall |P∩G|/|G| and IoU |P∩G|/|P∪G| of two id collections, taken as SETS.
 
     `gold` must be non-empty. Duplicates count once. An id of `pred` that is not in the history at
     all is still just an id: it is in P∪G but never in P∩G, so it lowers the IoU (a hallucinated
     line is a false positive like any other).
 
-    >>> _recall_iou([1, 2, 3], [2, 3, 4])   # |∩| = 2, |∪| = 4
+    >>> recall_iou([1, 2, 3], [2, 3, 4])   # |∩| = 2, |∪| = 4
     (0.6666666666666666, 0.5)
     """
     p, g = set(pred or ()), set(gold)
@@ -42,7 +42,7 @@ def _overlap_reward(pred, gold, weight: float) -> float | None:
     gold = set(gold)
     if not gold:
         return None
-    recall, iou = _recall_iou(pred, gold)
+    recall, iou = recall_iou(pred, gold)
     return weight * recall + (1.0 - weight) * iou
 
 
