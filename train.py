@@ -23,8 +23,6 @@ import copy
 import dataclasses
 import inspect
 import json
-import math
-import os
 import random
 import shutil
 import textwrap

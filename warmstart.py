@@ -140,21 +140,17 @@ def probe(role: str, policy: Policy, probes: list[Example], budgets: Budgets) ->
     rubric (Eq. 10); retrieval answer accuracy with the evidence session's informative lines as memory."""
     import comam
     import rewards
+    hs = [ex.sessions[ex.evidence_session] for ex in probes]
+    clean = [[l for l in s.lines if l.id in s.notes] for s in hs]  # a perfect extraction
     if role == "extraction":
-        hs = [ex.sessions[ex.evidence_session] for ex in probes]
         out = comam.run_extraction(policy, [s.lines for s in hs], budgets, comam.MaxNew().extraction, 0.0)
         return sum({l.id for l in kept} == set(s.key_lines) for (_, kept), s in zip(out, hs)) / len(hs)
     if role == "profile":
-        hs = [ex.sessions[ex.evidence_session] for ex in probes]
-        out = comam.run_profile(policy, [[l for l in s.lines if l.id in s.notes] for s in hs], budgets,
-                                comam.MaxNew().profile, 0.0)
+        out = comam.run_profile(policy, clean, budgets, comam.MaxNew().profile, 0.0)
         return sum(rewards.profile_reward(st, s.profile) for (_, st), s in zip(out, hs)) / len(hs)
-    items = []
-    for ex in probes:
-        s = ex.sessions[ex.evidence_session]
-        items.append(([l for l in s.lines if l.id in s.notes], s.profile, ex))
+    items = [(mem, s.profile, ex) for mem, s, ex in zip(clean, hs, probes)]
     out = comam.run_retrieval(policy, items, budgets, comam.MaxNew().retrieval, 0.0)
-    return sum(letter == ex.gold for (_, _, letter), (_, _, ex) in zip(out, items)) / len(items)
+    return sum(letter == ex.gold for (_, _, letter), ex in zip(out, probes)) / len(probes)
 
 
 def schedule(weights: list[int], steps: int) -> list[str]:

