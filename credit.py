@@ -96,12 +96,17 @@ def consistency(local, glob) -> np.ndarray:
 # ---------------------------------------------------------------- Eq. 14: credit weights
 
 
-def credit_weights(v) -> np.ndarray:
-    """Eq. 14 (PAPER.md §4): w_n = exp(v_n) / Σ_m exp(v_m), computed stably (shift by max v).
+def credit_weights(v, temperature: float = 1.0) -> np.ndarray:
+    """Eq. 14 (PAPER.md §4): w_n = exp(v_n / τ) / Σ_m exp(v_m / τ), computed stably (shift by max v).
 
-    Since v ∈ [0, 1], the weights stay close to uniform: v = [1, 0, 0] gives w = [0.576, 0.212, 0.212].
+    τ = 1 is the paper's Eq. 14. Since v ∈ [0, 1], its weights stay close to uniform:
+    v = [1, 0, 0] gives w = [0.576, 0.212, 0.212], and the usual spread of v (a few tenths) moves w
+    by a few hundredths from 1/3. τ < 1 (flag --credit-temp) sharpens them: the same v with τ = 0.25
+    gives w = [0.965, 0.018, 0.018]. τ is NOT in the paper; it is our knob for the README's reading.
     """
-    v = np.asarray(v, dtype=np.float64)
+    if temperature <= 0:
+        raise ValueError(f"credit softmax temperature must be > 0, got {temperature}")
+    v = np.asarray(v, dtype=np.float64) / temperature
     e = np.exp(v - v.max())
     return e / e.sum()
 
@@ -109,12 +114,13 @@ def credit_weights(v) -> np.ndarray:
 # ---------------------------------------------------------------- Eq. 15: integrated rewards
 
 
-def integrated_rewards(local, glob, mode: str = "comam", fixed_w: float = 0.5, variant: str = "eq15"):
+def integrated_rewards(local, glob, mode: str = "comam", fixed_w: float = 0.5, variant: str = "eq15",
+                       temperature: float = 1.0):
     """Eq. 15 (PAPER.md §4): r_final_n = r_n + w_n · r_3, for every agent n and trajectory i.
 
     Returns (r_final shape (N, G), v shape (N,), w shape (N,)); v (Eq. 13) is always computed, for
     logging, whatever the mode. Modes (the Table 4 ablations, PAPER.md §4):
-        "comam"   w = softmax(v)                (Eq. 14, adaptive credit)
+        "comam"   w = softmax(v / temperature)  (Eq. 14, adaptive credit; the paper's temperature is 1)
         "local"   r_final = r_n                 (w = 0: no global reward)
         "global"  r_final = r_3                 (local ignored; w reported as 1)
         "equal"   w = 1/N each                  (equal share of the global reward)
@@ -140,7 +146,7 @@ def integrated_rewards(local, glob, mode: str = "comam", fixed_w: float = 0.5, v
     if mode == "global":
         return np.tile(glob, (n_agents, 1)), v, np.ones(n_agents)
     if mode == "comam":
-        w = credit_weights(v)
+        w = credit_weights(v, temperature)
     elif mode == "equal":
         w = np.full(n_agents, 1.0 / n_agents)
     else:  # "fixed"

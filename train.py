@@ -68,6 +68,8 @@ class Args:
     """credit mode: comam (adaptive w = softmax(v)) | local | global | equal (w = 1/3) | fixed"""
     fixed_w: float = 0.5
     """w of every agent with --credit fixed"""
+    credit_temp: float = 1.0
+    """softmax temperature over v in Eq. 14 (--credit comam); 1.0 is the paper, < 1 sharpens (our departure)"""
     credit_variant: str = "eq15"
     """eq15: r_n + w_n r_3 (paper text) | alg1: r_3 + w_n r_n (Algorithm 1)"""
     steps: int = 100
@@ -279,13 +281,20 @@ def grpo_update(policy: Policy, opt: torch.optim.Optimizer, batch: list[tuple[li
 
 
 def credit_step(groups: list[list[comam.Trajectory]], args: Args) -> tuple[dict[str, list], dict]:
-    """Eqs. 13-16 for every query group: advantages per role, and the means of r, v, w for logging."""
+    """Eqs. 13-16 for every query group: advantages per role, and the means of r, v, w for logging.
+
+    Two extra diagnostics explain how much the credit rule can matter at all:
+      global_flat  fraction of groups whose G global rewards are all equal: there Eq. 13 gives v = 1 for
+                   every agent, so w = 1/3 whatever the rule, and r_3 shifts all r_final,n equally
+      w_spread     mean over groups of max_n w_n - min_n w_n: 0 means equal share
+    """
     per_role = {role: [] for role in agents.ROLES}
-    logs = {"v": [], "w": [], "local": [], "global": [], "zero_std": []}
+    logs = {"v": [], "w": [], "local": [], "global": [], "zero_std": [], "global_flat": [], "w_spread": []}
     for group in groups:
         local = np.array([t.local for t in group], dtype=np.float64).T  # (3, G)
         glob = np.array([t.reward for t in group], dtype=np.float64)  # (G,)
-        r_final, v, w = integrated_rewards(local, glob, args.credit, args.fixed_w, args.credit_variant)  # (3,G),(3,),(3,)
+        r_final, v, w = integrated_rewards(local, glob, args.credit, args.fixed_w, args.credit_variant,
+                                           args.credit_temp)  # (3, G), (3,), (3,)
         adv = group_advantages(r_final)  # (3, G)
         for n, role in enumerate(agents.ROLES):
             for t, a in zip(group, adv[n]):
@@ -297,7 +306,10 @@ def credit_step(groups: list[list[comam.Trajectory]], args: Args) -> tuple[dict[
         logs["local"].append(np.nanmean(local, axis=1) if not np.isnan(local).all() else np.full(3, np.nan))
         logs["global"].append(glob.mean())
         logs["zero_std"].append((np.abs(adv).sum(axis=1) == 0))
-    return per_role, {k: np.mean(np.stack(v) if k != "global" else v, axis=0) for k, v in logs.items()}
+        logs["global_flat"].append(float(np.all(glob == glob[0])))
+        logs["w_spread"].append(float(w.max() - w.min()))
+    return per_role, {k: np.mean(np.stack(v) if k in ("v", "w", "local", "zero_std") else v, axis=0)
+                      for k, v in logs.items()}
 
 
 # ======================================================================== plumbing: checkpoints
@@ -345,6 +357,8 @@ def main(args: Args) -> dict:
         raise SystemExit(f"--credit must be one of {CREDIT_MODES}, got {args.credit!r}")
     if args.credit_variant not in VARIANTS:
         raise SystemExit(f"--credit-variant must be one of {VARIANTS}, got {args.credit_variant!r}")
+    if args.credit_temp <= 0:
+        raise SystemExit(f"--credit-temp must be > 0, got {args.credit_temp}")
     if args.mode not in ("joint", "independent"):
         raise SystemExit(f"--mode must be joint or independent, got {args.mode!r}")
     device = resolve_device(args.device)
@@ -427,6 +441,7 @@ def main(args: Args) -> dict:
                **{f"v_{r}": float(clog["v"][n]) for n, r in enumerate(agents.ROLES)},
                **{f"w_{r}": float(clog["w"][n]) for n, r in enumerate(agents.ROLES)},
                **{f"zero_std_{r}": float(clog["zero_std"][n]) for n, r in enumerate(agents.ROLES)},
+               "global_flat": float(clog["global_flat"]), "w_spread": float(clog["w_spread"]),
                **{f"format_fail_{r}": float(np.mean([not t.actions[r].ok for t in trajs])) for r in agents.ROLES},
                **{f"len_{r}": float(np.mean([len(t.actions[r].completion) for t in trajs])) for r in agents.ROLES},
                **{f"{k}_{r}": v for r, s in stats.items() for k, v in s.items() if k != "tokens"},

@@ -5,6 +5,8 @@
 #   bash scripts/reproduce.sh                 # STEPS=100 SEEDS="1 2 3" (the README's numbers)
 #   STEPS=10 SEEDS="1" bash scripts/reproduce.sh   # a quick smoke run
 #
+# Wall time on the 2-core CPU of the README: see the README's Results section (about 2.5 h).
+#
 # Every run uses the same training budget (STEPS iterations of Q=8 queries x G=8 trajectories).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,6 +36,7 @@ runs=(
   "fixed-w0.25|--credit fixed --fixed-w 0.25"
   "fixed-w1.0|--credit fixed --fixed-w 1.0"
   "shared-policy-CoMAM|--shared-policy --credit comam"
+  "CoMAM-tau0.1|--credit comam --credit-temp 0.1"
 )
 for s in $SEEDS; do
   for spec in "${runs[@]}"; do
@@ -53,6 +56,7 @@ table() { python eval.py --compare "$(for n in "$@"; do ls "$TEST"/"$n"-s*.json 
   echo "## Table 1 (systems, test accuracy)"; table Base RAG no-train CoMAM
   echo; echo "## Table 3 (training scheme)"; table no-train independent-RL CoMAM shared-policy-CoMAM
   echo; echo "## Table 4 (credit rule)"; table w-L-local-only w-G-global-only w-LG-equal-share fixed-w0.25 fixed-w1.0 CoMAM
+  echo; echo "## Sharper credit (our departure: softmax temperature 0.1 in Eq. 14)"; table w-LG-equal-share CoMAM CoMAM-tau0.1
 } | tee "$OUT/tables.md"
 python eval.py --plot "$(ls -d "$OUT"/CoMAM-s* | tr '\n' ' ')" || true
 echo "reproduce.sh: $(( $(date +%s) - start )) s"

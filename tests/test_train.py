@@ -214,3 +214,30 @@ def test_warm_start_can_continue_from_a_checkpoint(toy_data, toy_warmstart, tmp_
     b = agents.load_policy(str(tmp_path / "more"), "retrieval")
     assert a.tokenizer.get_vocab() == b.tokenizer.get_vocab()
     assert any(not torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters()))
+
+
+def test_credit_step_diagnostics_hand_worked():
+    """Two groups of G = 2: one with constant global reward (flat), one where agent 0 ranks it perfectly."""
+    import numpy as np
+
+    import comam
+
+    def traj(local, reward):
+        act = comam.Action(prompt=[1], completion=[2], logprobs=[0.0], text="x", ok=True)
+        return comam.Trajectory(example=None, actions={r: act for r in agents.ROLES}, local=local, reward=reward)
+
+    flat = [traj([0.2, 0.5, 0.9], 1.0), traj([0.8, 0.1, 0.3], 1.0)]  # v = 1, 1, 1 -> w = 1/3 each
+    # agent 0 ranks the success first (v = 1); agents 1 and 2 rank it last (v = 1/log2(3) = 0.6309)
+    tense = [traj([0.9, 0.1, 0.0], 1.0), traj([0.1, 0.9, 1.0], 0.0)]
+    args = Args(credit="comam")
+    per_role, log = train.credit_step([flat, tense], args)
+    v1 = 1 / math.log2(3)
+    w = np.exp([1, v1, v1]) / np.exp([1, v1, v1]).sum()
+    assert log["global_flat"] == pytest.approx(0.5)
+    assert log["w_spread"] == pytest.approx((0 + (w[0] - w[1])) / 2)
+    np.testing.assert_allclose(log["v"], [1.0, (1 + v1) / 2, (1 + v1) / 2])
+    np.testing.assert_allclose(log["w"], (np.full(3, 1 / 3) + w) / 2)
+    assert len(per_role["extraction"]) == 4  # every action that was taken gets an advantage
+    # a sharper temperature widens the spread of the same groups
+    _, sharp = train.credit_step([flat, tense], Args(credit="comam", credit_temp=0.1))
+    assert sharp["w_spread"] > log["w_spread"] * 5
