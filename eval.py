@@ -271,7 +271,8 @@ def comparison_table(groups: dict[str, list[dict]]) -> str:
 
 
 def plot_runs(paths: list[str]) -> list[Path]:
-    """curves.png in each run folder: local and global rewards, credit weights w_n, consistencies v_n."""
+    """curves.png in each run folder: local and global rewards, credit weights w_n, consistencies v_n,
+    and (dashed, when logged) the per-group weight spread and the fraction of groups with a flat r_3."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -292,6 +293,11 @@ def plot_runs(paths: list[str]) -> list[Path]:
             for a in agents.ROLES:
                 ax.plot(steps, [r[prefix + a] for r in rows], label=a)
             ax.set_title(title)
+        # diagnostics of how much credit can matter (logged since the --credit-temp change; absent in older runs)
+        for ax, key, label in ((axes[1], "w_spread", "max-min w per group"),
+                               (axes[2], "global_flat", "groups with flat r3")):
+            if all(key in r for r in rows):
+                ax.plot(steps, [r[key] for r in rows], "k--", label=label)
         axes[0].set_title("rewards (batch means)")
         for ax in axes:
             ax.set_xlabel("step")

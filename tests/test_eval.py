@@ -85,3 +85,23 @@ def test_rag_returns_the_chunk_holding_a_planted_fact():
     memory = evaluation.rag_memories([ex], evaluation.Embedder(), top_k=1)[0]
     assert any("zorblax" in l.text for l in memory.lines)
     assert len(memory.lines) == evaluation.CHUNK_LINES
+
+
+def test_plot_runs_writes_png_or_explains(tmp_path, capsys):
+    import importlib.util
+    import json
+
+    import agents
+    from eval import plot_runs
+
+    run = tmp_path / "comam-s1"
+    run.mkdir()
+    rows = [{"step": i + 1, "global_reward": 0.3 + 0.01 * i, "w_spread": 0.05, "global_flat": 0.4,
+             **{f"{k}_{a}": 0.5 for k in ("local", "w", "v") for a in agents.ROLES}} for i in range(5)]
+    (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    written = plot_runs([str(run)])
+    if importlib.util.find_spec("matplotlib") is None:
+        assert written == [] and "matplotlib is not installed" in capsys.readouterr().out
+    else:
+        assert written == [run / "curves.png"]
+        assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
