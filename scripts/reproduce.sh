@@ -34,6 +34,7 @@ runs=(
   "w-G-global-only|--credit global"
   "w-LG-equal-share|--credit equal"
   "fixed-w0.25|--credit fixed --fixed-w 0.25"
+  "fixed-w0.5|--credit fixed --fixed-w 0.5"
   "fixed-w1.0|--credit fixed --fixed-w 1.0"
   "shared-policy-CoMAM|--shared-policy --credit comam"
   "CoMAM-tau0.1|--credit comam --credit-temp 0.1"
@@ -55,7 +56,7 @@ table() { python eval.py --compare "$(for n in "$@"; do ls "$TEST"/"$n"-s*.json 
 {
   echo "## Table 1 (systems, test accuracy)"; table Base RAG no-train CoMAM
   echo; echo "## Table 3 (training scheme)"; table no-train independent-RL CoMAM shared-policy-CoMAM
-  echo; echo "## Table 4 (credit rule)"; table w-L-local-only w-G-global-only w-LG-equal-share fixed-w0.25 fixed-w1.0 CoMAM
+  echo; echo "## Table 4 (credit rule)"; table w-L-local-only w-G-global-only w-LG-equal-share fixed-w0.25 fixed-w0.5 fixed-w1.0 CoMAM
   echo; echo "## Sharper credit (our departure: softmax temperature 0.1 in Eq. 14)"; table w-LG-equal-share CoMAM CoMAM-tau0.1
 } | tee "$OUT/tables.md"
 python eval.py --plot "$(ls -d "$OUT"/CoMAM-s* | tr '\n' ' ')" || true
