@@ -285,7 +285,7 @@ def credit_step(groups: list[list[comam.Trajectory]], args: Args) -> tuple[dict[
 
     Two extra diagnostics explain how much the credit rule can matter at all:
       global_flat  fraction of groups whose G global rewards are all equal: there Eq. 13 gives v = 1 for
-                   every agent, so w = 1/3 whatever the rule, and r_3 shifts all r_final,n equally
+                   every agent (so adaptive w = 1/3), and r_3, constant over the group, moves no advantage
       w_spread     mean over groups of max_n w_n - min_n w_n: 0 means equal share
     """
     per_role = {role: [] for role in agents.ROLES}
@@ -308,8 +308,7 @@ def credit_step(groups: list[list[comam.Trajectory]], args: Args) -> tuple[dict[
         logs["zero_std"].append((np.abs(adv).sum(axis=1) == 0))
         logs["global_flat"].append(float(np.all(glob == glob[0])))
         logs["w_spread"].append(float(w.max() - w.min()))
-    return per_role, {k: np.mean(np.stack(v) if k in ("v", "w", "local", "zero_std") else v, axis=0)
-                      for k, v in logs.items()}
+    return per_role, {k: np.mean(np.stack(v), axis=0) for k, v in logs.items()}
 
 
 # ======================================================================== plumbing: checkpoints
