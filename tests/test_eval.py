@@ -88,18 +88,12 @@ def test_rag_returns_the_chunk_holding_a_planted_fact():
 
 
 def test_plot_runs_writes_png_or_explains(tmp_path, capsys):
-    import importlib.util
-    import json
-
-    import agents
-    from eval import plot_runs
-
     run = tmp_path / "comam-s1"
     run.mkdir()
     rows = [{"step": i + 1, "global_reward": 0.3 + 0.01 * i, "w_spread": 0.05, "global_flat": 0.4,
              **{f"{k}_{a}": 0.5 for k in ("local", "w", "v") for a in agents.ROLES}} for i in range(5)]
     (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    written = plot_runs([str(run)])
+    written = evaluation.plot_runs([str(run)])
     if importlib.util.find_spec("matplotlib") is None:
         assert written == [] and "matplotlib is not installed" in capsys.readouterr().out
     else:

@@ -4,10 +4,12 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
 import agents
+import comam
 import train
 from train import Args, policy_loss
 
@@ -122,8 +124,6 @@ def varied_rewards(monkeypatch):
     rewards by a deterministic function of the sampled ids; Eqs. 9-12 are tested in test_rewards.py.
     The toy extraction also never writes a valid line number, and the profile agent is not called on
     an empty memory: here an unparseable extraction keeps the first line shown."""
-    import comam
-
     real_parse_ids = agents.parse_ids
 
     def parse_ids(text, shown):
@@ -199,7 +199,6 @@ def test_help_lists_every_field_with_its_docstring(capsys):
 
 
 def test_profile_agent_is_not_called_on_an_empty_memory(toy_policy, toy_train):
-    import comam
     lines = toy_train[0].session_lines(0)[:3]
     out = comam.run_profile(toy_policy, [[], lines, []], agents.Budgets(), 5, 1.0)
     assert [bool(a.completion) for a, _ in out] == [False, True, False]
@@ -218,10 +217,6 @@ def test_warm_start_can_continue_from_a_checkpoint(toy_data, toy_warmstart, tmp_
 
 def test_credit_step_diagnostics_hand_worked():
     """Two groups of G = 2: one with constant global reward (flat), one where agent 0 ranks it perfectly."""
-    import numpy as np
-
-    import comam
-
     def traj(local, reward):
         act = comam.Action(prompt=[1], completion=[2], logprobs=[0.0], text="x", ok=True)
         return comam.Trajectory(example=None, actions={r: act for r in agents.ROLES}, local=local, reward=reward)
