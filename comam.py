@@ -18,20 +18,9 @@ from dataclasses import dataclass, field
 import torch
 
 import agents
-from agents import Budgets, Policy
+from agents import Budgets, MaxNew, Policy
 from data.example import Example, Line
 from rewards import extraction_reward, global_reward, profile_reward, retrieval_reward
-
-
-@dataclass
-class MaxNew:
-    """Generation length limit of each agent, in new tokens."""
-    extraction: int = 16
-    profile: int = 40
-    retrieval: int = 24
-
-    def scaled(self, k: float) -> "MaxNew":
-        return MaxNew(int(self.extraction * k), int(self.profile * k), int(self.retrieval * k))
 
 
 @dataclass

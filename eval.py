@@ -36,6 +36,7 @@ from tqdm import tqdm
 import agents
 import comam
 from agents import Budgets, Policy
+from cli import parse_args, resolve_device
 from data.example import QUESTION_TYPES, Example, read_split
 from rewards import recall_iou, profile_reward
 
@@ -66,8 +67,8 @@ class Args:
     """result JSON file (default: <policies>/eval-<split>.json or runs/eval-<split>.json)"""
     device: str = "auto"
     """auto | cpu | cuda"""
-    scale: float = 1.0
-    """multiply every context budget and generation limit (tiny: 1; real tokenizers need about 4-8)"""
+    scale: float = 0.0
+    """multiply every context budget and generation limit; 0 = derive from the tokenizer (tokens per word, printed)"""
 
 
 def subset_users(examples: list[Example], n: int) -> list[Example]:
@@ -181,10 +182,10 @@ def rag_memories(examples: list[Example], embedder: Embedder, top_k: int = TOP_K
 
 @torch.no_grad()
 def evaluate(policies: dict[str, Policy], examples: list[Example], budgets: Budgets | None = None,
-             max_new: comam.MaxNew | None = None, temperature: float = 0.8, seed: int = 1,
+             max_new: agents.MaxNew | None = None, temperature: float = 0.8, seed: int = 1,
              desc: str = "eval", system: str = "comam", embedder: Embedder | None = None) -> dict:
     """Build the memory of every question (`system`), then answer every question (PAPER.md §2)."""
-    budgets, max_new = budgets or Budgets(), max_new or comam.MaxNew()
+    budgets, max_new = budgets or Budgets(), max_new or agents.MaxNew()
     t0 = time.time()
     gen = torch.Generator().manual_seed(seed)
     for p in policies.values():
@@ -311,13 +312,12 @@ def plot_runs(paths: list[str]) -> list[Path]:
 
 
 def load_system(spec: str, device: str) -> dict[str, Policy]:
-    """The three role policies of "tiny", a folder of per-role policies, or one model folder."""
-    return {r: agents.load_policy(spec, r, device) for r in agents.ROLES}
+    """The three role policies of "tiny", "smollm2", a folder of per-role policies, or one model folder."""
+    return agents.load_policies({r: spec for r in agents.ROLES}, device)
 
 
 def main(args: Args) -> dict:
     from data.generate import ensure
-    from train import resolve_device
 
     if args.compare:
         table = comparison_table(collect(args.compare.split()))
@@ -337,8 +337,10 @@ def main(args: Args) -> dict:
     else:
         examples = subset_users(read_split(ensure(args.data), args.split), args.users)
     policies = load_system(args.policies, device)
-    res = evaluate(policies, examples, Budgets().scaled(args.scale), comam.MaxNew().scaled(args.scale),
-                   temperature=args.temperature, seed=args.seed, desc=f"eval {args.system}", system=args.system)
+    budgets, max_new, scale = agents.fit_limits(policies["extraction"], examples, args.scale)
+    print(f"context limits ({'derived: ' if args.scale <= 0 else ''}{scale:.3f} tokens per word): {budgets}, {max_new}")
+    res = evaluate(policies, examples, budgets, max_new, temperature=args.temperature, seed=args.seed,
+                   desc=f"eval {args.system}", system=args.system)
     res["args"] = asdict(args)
     name = f"{args.system}-{'personamem' if args.personamem else args.split}-s{args.seed}.json"
     out = Path(args.out) if args.out else (
@@ -358,5 +360,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    from train import parse_args
     main(parse_args(Args, __doc__))

@@ -77,17 +77,6 @@ def retrieval_reward(retrieved_ids, evidence_ids, beta: float = 0.2) -> float | 
 _TRAILING_PUNCT = ".,;:!?"
 
 
-def parse_profile(text: str | None) -> list[str]:
-    """Split a profile agent's output into statements: on ';' or newlines, stripped, empties dropped.
-
-    >>> parse_profile("pet cat milo ; likes tacos\\n\\n hometown oslo ;")
-    ['pet cat milo', 'likes tacos', 'hometown oslo']
-    """
-    if not text:
-        return []
-    return [s.strip() for s in re.split(r"[;\n]", text) if s.strip()]
-
-
 def _normalise(statement: str) -> str:
     """Lowercase, collapse whitespace, strip, strip trailing punctuation: 'Likes  Tacos.' -> 'likes tacos'."""
     s = " ".join(statement.lower().split())

@@ -17,15 +17,9 @@ Logs go to runs/<exp-name>-s<seed>/log.jsonl (one JSON object per step), checkpo
 """
 from __future__ import annotations
 
-import argparse
-import ast
 import copy
-import dataclasses
-import inspect
 import json
-import random
 import shutil
-import textwrap
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,6 +31,7 @@ from tqdm import tqdm
 import agents
 import comam
 from agents import Budgets, Policy
+from cli import autocast, parse_args, resolve_device, seed_everything
 from credit import CREDIT_MODES, VARIANTS, group_advantages, integrated_rewards
 from data.example import Example, read_split
 from data.generate import ensure
@@ -106,68 +101,31 @@ class Args:
     """continue the run from its last checkpoint (same data order and random state)"""
     device: str = "auto"
     """auto (CUDA if available, with bf16 autocast) | cpu | cuda"""
-    scale: float = 1.0
-    """multiply every context budget and generation limit (tiny: 1; real tokenizers need about 4-8)"""
+    scale: float = 0.0
+    """multiply every context budget and generation limit; 0 = derive from the tokenizer (tokens per word, printed)"""
+    gradient_checkpointing: bool = False
+    """recompute activations in the backward pass (less memory, ~30% slower): for real models on small GPUs"""
     train_users: int = 300
     """users of the generated benchmark's train split (only used when generating it)"""
 
 
-# ======================================================================== plumbing: arguments, seeds, devices
-
-def field_docs(cls) -> dict[str, str]:
-    """The one-line docstring under each dataclass field (read from the source, as CleanRL's tyro does)."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body, docs = tree.body[0].body, {}
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-            docs[node.target.id] = str(nxt.value.value).strip()
-    return docs
-
-
-def parse_args(cls, doc: str = "", argv=None):
-    """argparse from a @dataclass: one --flag per field, its docstring as help, bools as --x/--no-x."""
-    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    docs = field_docs(cls)
-    for f in dataclasses.fields(cls):
-        name, default = "--" + f.name.replace("_", "-"), f.default
-        help_ = f"{docs.get(f.name, '')} (default: {default})"
-        if isinstance(default, bool):
-            p.add_argument(name, action=argparse.BooleanOptionalAction, default=default, help=help_)
-        else:
-            typ = type(default) if default is not None else str
-            p.add_argument(name, type=typ, default=default, help=help_)
-    return cls(**vars(p.parse_args(argv)))
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
-def autocast(device: str):
-    """bf16 autocast on CUDA; a no-op on CPU (float32 there)."""
-    if device == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
-
+# ======================================================================== plumbing: policies, data order
 
 def load_policies(args: Args, device: str, path: Path | None = None) -> dict[str, Policy]:
-    """role -> policy; with --shared-policy the three roles hold the same object."""
-    policies = {}
-    for role in agents.ROLES:
-        name = str(path / (agents.ROLES[0] if args.shared_policy else role)) if path else (
-            getattr(args, f"model_{role}") or args.model)
-        if args.shared_policy and role != agents.ROLES[0]:
-            policies[role] = policies[agents.ROLES[0]]
-        else:
-            policies[role] = agents.load_policy(name, role, device)
+    """role -> policy, from --model (or a run's checkpoint `path`); with --shared-policy the three roles
+    hold the same object (the extraction agent's policy)."""
+    if path is not None:
+        names = {role: str(path / (agents.ROLES[0] if args.shared_policy else role)) for role in agents.ROLES}
+    else:
+        names = {role: getattr(args, f"model_{role}") or args.model for role in agents.ROLES}
+    if args.shared_policy:
+        shared = agents.load_policy(names[agents.ROLES[0]], agents.ROLES[0], device)
+        policies = {role: shared for role in agents.ROLES}
+    else:
+        policies = agents.load_policies(names, device)
+    if args.gradient_checkpointing:
+        for pol in unique(policies).values():
+            agents.enable_checkpointing(pol.model)
     return policies
 
 
@@ -387,7 +345,8 @@ def main(args: Args) -> dict:
         (run / "args.json").write_text(json.dumps(asdict(args), indent=2))
     refs = {role: Policy(copy.deepcopy(p.model).eval().requires_grad_(False), p.tokenizer, p.name)
             for role, p in unique(policies).items()} if args.kl_beta > 0 else {}
-    budgets, max_new = Budgets().scaled(args.scale), comam.MaxNew().scaled(args.scale)
+    budgets, max_new, scale = agents.fit_limits(policies["extraction"], train_set, args.scale)
+    print(f"context limits ({'derived: ' if args.scale <= 0 else ''}{scale:.3f} tokens per word): {budgets}, {max_new}")
     log_path = run / "log.jsonl"
     if args.resume and log_path.exists():  # drop log lines of steps after the checkpoint (a killed run)
         kept = [l for l in log_path.read_text().splitlines() if json.loads(l).get("step", 0) <= start]

@@ -1,7 +1,9 @@
-"""Warm start of the tiny default model: behaviour-clone each agent on demonstrations.
+"""Warm start: behaviour-clone the agents on demonstrations, before reinforcement learning.
 
     python warmstart.py                    # builds checkpoints/tiny-warmstart/{extraction,profile,retrieval}
     python warmstart.py --steps 30 --out /tmp/ws --train-users 20   # a toy run
+    python warmstart.py --model smollm2 --out checkpoints/smollm2-warmstart   # a real instruct model (extra)
+    python warmstart.py --model path/to/hf-model --out checkpoints/mine-warmstart
 
 The tiny model starts from random weights, so before reinforcement learning each agent must learn its
 output format. Demonstrations come from the generator's ground truth (PAPER.md §8):
@@ -20,8 +22,11 @@ in the proportions `--role-weights`), and the three agents start as three separa
 paper's agents start from a shared pretrained LLM. All three need the same slow skill, copying a value
 from their input into their output; learnt once from all the demonstrations it comes much sooner.
 
-The result is the "no train" row of the tiny model. Its validation accuracy, per question type, is
-printed at the end (`eval.py` on the deployed, full-history setting).
+A real model (`--model smollm2` or a local folder) is fine-tuned the same way on the same
+demonstrations, its prompts going through its chat template (agents.render), the loss on the
+completion tokens only; no tiny tokenizer or model is built. Its defaults differ (steps, batch size,
+learning rate: see --help). The result is a folder of per-role policies that `train.py --model DIR`
+and `eval.py --policies DIR` take.
 """
 from __future__ import annotations
 
@@ -29,52 +34,66 @@ import json
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 import agents
-from agents import Budgets, Policy
+import comam
+import rewards
+from agents import Budgets, MaxNew, Policy
+from cli import autocast, parse_args, resolve_device, seed_everything
 from data.example import Example, Line, read_split
 from data.generate import ensure
 
 
 @dataclass
 class Args:
+    model: str = "tiny"
+    """tiny (a new tiny model from random weights), smollm2, or a local transformers model folder"""
     data: str = "data/synthetic"
     """benchmark folder (generated with `python -m data.generate` if missing)"""
     out: str = str(agents.TINY_CHECKPOINT)
     """where the three agents' checkpoints are written"""
     train_users: int = 300
     """users of the generated benchmark's train split (only used when generating it)"""
-    steps: int = 3000
-    """behaviour-cloning steps in all (each step trains on one agent's demonstrations)"""
+    steps: int = 0
+    """behaviour-cloning steps in all, each on one agent's demonstrations (0 = 3000 tiny, 150 a real model)"""
     role_weights: str = "1,2,3"
     """share of the steps for extraction, profile, retrieval (copying values is what takes longest)"""
-    batch_size: int = 32
-    """demonstrations per step"""
-    lr: float = 1e-3
-    """AdamW learning rate"""
+    batch_size: int = 0
+    """demonstrations per step (0 = 32 tiny, 8 a real model)"""
+    lr: float = 0.0
+    """AdamW peak learning rate (0 = 1e-3 tiny, 1e-4 a real model)"""
     hidden: int = 128
-    """model width"""
+    """tiny model width"""
     layers: int = 4
-    """transformer layers"""
+    """tiny model transformer layers"""
     noise_extraction: float = 0.3
     """probability that an extraction demonstration drops one informative line or adds one other line"""
     noise_profile: float = 0.3
     """probability that a profile demonstration drops one statement"""
     noise_answer: float = 0.3
     """probability that a retrieval demonstration answers with a wrong option"""
-    eval_users: int = 0
-    """validation users for the final evaluation (0 = all)"""
     probe_every: int = 250
     """print each agent's greedy score on 64 validation questions every N steps (0 = never)"""
+    probe_size: int = 64
+    """validation questions in each probe"""
     init_from: str = ""
-    """continue cloning from this warm-start folder (its tokenizer and weights) instead of random weights"""
+    """continue cloning from this warm-start folder (its tokenizer and weights) instead of --model"""
+    gradient_checkpointing: bool = False
+    """recompute activations in the backward pass (less memory) for real models"""
+    device: str = "auto"
+    """auto (CUDA if available, with bf16 autocast) | cpu | cuda"""
     seed: int = 0
     """random seed (weights, demonstrations)"""
+
+    def defaults_for(self, tiny: bool) -> "Args":
+        """A copy with every 0 = "model-dependent default" replaced."""
+        return replace(self, steps=self.steps or (3000 if tiny else 150),
+                       batch_size=self.batch_size or (32 if tiny else 8), lr=self.lr or (1e-3 if tiny else 1e-4))
 
 
 # ======================================================================== demonstrations
@@ -135,21 +154,19 @@ def make_demo(role: str, rng: random.Random, policy: Policy, examples: list[Exam
 # ======================================================================== behaviour cloning
 
 @torch.no_grad()
-def probe(role: str, policy: Policy, probes: list[Example], budgets: Budgets) -> float:
+def probe(role: str, policy: Policy, probes: list[Example], budgets: Budgets, max_new: MaxNew) -> float:
     """Greedy score of one agent on clean inputs: extraction exact set of informative lines; profile
     rubric (Eq. 10); retrieval answer accuracy with the evidence session's informative lines as memory."""
-    import comam
-    import rewards
     hs = [ex.sessions[ex.evidence_session] for ex in probes]
     clean = [[l for l in s.lines if l.id in s.notes] for s in hs]  # a perfect extraction
     if role == "extraction":
-        out = comam.run_extraction(policy, [s.lines for s in hs], budgets, comam.MaxNew().extraction, 0.0)
+        out = comam.run_extraction(policy, [s.lines for s in hs], budgets, max_new.extraction, 0.0)
         return sum({l.id for l in kept} == set(s.key_lines) for (_, kept), s in zip(out, hs)) / len(hs)
     if role == "profile":
-        out = comam.run_profile(policy, clean, budgets, comam.MaxNew().profile, 0.0)
+        out = comam.run_profile(policy, clean, budgets, max_new.profile, 0.0)
         return sum(rewards.profile_reward(st, s.profile) for (_, st), s in zip(out, hs)) / len(hs)
     items = [(mem, s.profile, ex) for mem, s, ex in zip(clean, hs, probes)]
-    out = comam.run_retrieval(policy, items, budgets, comam.MaxNew().retrieval, 0.0)
+    out = comam.run_retrieval(policy, items, budgets, max_new.retrieval, 0.0)
     return sum(letter == ex.gold for (_, _, letter), ex in zip(out, probes)) / len(probes)
 
 
@@ -159,15 +176,19 @@ def schedule(weights: list[int], steps: int) -> list[str]:
     return [cycle[i % len(cycle)] for i in range(steps)]
 
 
-def clone(policy: Policy, examples: list[Example], args: Args, budgets: Budgets,
-          probes: list[Example] | None = None) -> dict[str, list[float]]:
-    """Cross-entropy on the demonstration tokens (target + EOS), token mean over the batch.
-    Every `args.probe_every` steps, each agent's greedy score on `probes` (validation) is printed."""
+def clone(policy: Policy, examples: list[Example], args: Args, budgets: Budgets, max_new: MaxNew,
+          probes: list[Example] | None = None, device: str = "cpu") -> tuple[dict, dict]:
+    """Cross-entropy on the demonstration tokens (target + EOS), token mean over the batch; the prompt
+    tokens are context only (agents.completion_logprobs masks them out). Linear warm-up over 100 steps,
+    then linear decay to 10% of `args.lr`. Every `args.probe_every` steps, each agent's greedy score on
+    `probes` (validation) is printed. Returns (losses per role, probe scores per role: [(step, score)])."""
     opt = torch.optim.AdamW(policy.model.parameters(), lr=args.lr, weight_decay=0.0)
     tok = policy.tokenizer
     rngs = {role: random.Random(args.seed * 10 + k) for k, role in enumerate(agents.ROLES)}
     plan = schedule([int(w) for w in args.role_weights.split(",")], args.steps)
     losses = {role: [] for role in agents.ROLES}
+    probe_log: dict[str, list] = {role: [] for role in agents.ROLES}
+    policy.model.train()
     bar = tqdm(plan, desc="warm start", dynamic_ncols=True)
     for step, role in enumerate(bar):
         lr = args.lr * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * (1 - step / max(1, args.steps)))  # warm-up, decay
@@ -176,7 +197,8 @@ def clone(policy: Policy, examples: list[Example], args: Args, budgets: Budgets,
         demos = [make_demo(role, rngs[role], policy, examples, args, budgets) for _ in range(args.batch_size)]
         prompts = [p for p, _ in demos]
         targets = [tok(t, add_special_tokens=False).input_ids + [policy.eos_id] for _, t in demos]
-        logp, mask = agents.completion_logprobs(policy.model, prompts, targets, policy.pad_id)  # (B, T-1) each
+        with autocast(device):
+            logp, mask = agents.completion_logprobs(policy.model, prompts, targets, policy.pad_id)  # (B, T-1) each
         loss = -(logp * mask).sum() / mask.sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -185,16 +207,24 @@ def clone(policy: Policy, examples: list[Example], args: Args, budgets: Budgets,
         losses[role].append(loss.item())
         bar.set_postfix(role=role[:4], loss=f"{loss.item():.3f}")
         if probes and args.probe_every and ((step + 1) % args.probe_every == 0 or step + 1 == args.steps):
-            scores = {r: probe(r, policy, probes, budgets) for r in agents.ROLES}
+            with autocast(device):
+                scores = {r: probe(r, policy, probes, budgets, max_new) for r in agents.ROLES}
             policy.model.train()
             tqdm.write(f"step {step + 1}: greedy scores on {len(probes)} validation questions " +
                        "  ".join(f"{r} {v:.3f}" for r, v in scores.items()))
             for r, v in scores.items():
-                PROBE_LOG.setdefault(r, []).append((step + 1, round(v, 4)))
-    return losses
+                probe_log[r].append((step + 1, round(v, 4)))
+    return losses, probe_log
 
 
-PROBE_LOG: dict[str, list] = {}
+def start_policy(args: Args, train: list[Example], device: str) -> Policy:
+    """The model to clone: a checkpoint to continue (--init-from), a real model, or a new tiny model."""
+    if args.init_from:  # the three agents of a warm start are identical copies: take the first
+        return agents.load_policy(args.init_from, agents.ROLES[0], device)
+    if args.model != "tiny":
+        return agents.load_policy(args.model, agents.ROLES[0], device)
+    tok = agents.build_tokenizer(tiny_tokenizer_texts(train))
+    return Policy(agents.build_tiny(tok, args.hidden, args.layers, seed=args.seed).to(device), tok, "tiny")
 
 
 def tiny_tokenizer_texts(examples: list[Example]) -> list[str]:
@@ -213,33 +243,31 @@ def tiny_tokenizer_texts(examples: list[Example]) -> list[str]:
 
 def main(args: Args) -> dict:
     t0 = time.time()
-    random.seed(args.seed)
-    torch.manual_seed(args.seed)
+    device = resolve_device(args.device)
+    seed_everything(args.seed)
     folder = ensure(args.data, args.train_users)
     train = read_split(folder, "train")
     out = Path(args.out)
-    if args.init_from:  # the three agents of a warm start are identical copies: take the first
-        start = agents.load_policy(args.init_from, agents.ROLES[0])
-        tok = start.tokenizer
-    else:
-        tok = agents.build_tokenizer(tiny_tokenizer_texts(train))
-    budgets = Budgets()
+    policy = start_policy(args, train, device)
+    args = args.defaults_for(tiny=not policy.chat)
+    if args.gradient_checkpointing:
+        agents.enable_checkpointing(policy.model)
+    budgets, max_new, scale = agents.fit_limits(policy, train)
+    print(f"context limits ({scale:.3f} tokens per word): {budgets}, {max_new}")
     val_file = Path(folder) / "val_questions.jsonl"
     probes = []
     if args.probe_every and val_file.exists():
         val = read_split(folder, "val")
-        probes = random.Random(args.seed).sample(val, min(64, len(val)))
-    model = start.model if args.init_from else agents.build_tiny(tok, args.hidden, args.layers, seed=args.seed)
-    policy = Policy(model, tok, "tiny")
-    losses = clone(policy, train, args, budgets, probes)
+        probes = random.Random(args.seed).sample(val, min(args.probe_size, len(val)))
+    losses, probe_log = clone(policy, train, args, budgets, max_new, probes, device)
     tmp = out.parent / (out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     for role in agents.ROLES:  # three separate policies, identical at the start
         policy.model.save_pretrained(tmp / role)
-        tok.save_pretrained(tmp / role)
+        policy.tokenizer.save_pretrained(tmp / role)
     previous = Path(args.init_from) / "warmstart.json" if args.init_from else None
-    report = {"args": asdict(args), "seconds": round(time.time() - t0, 1), "probe": PROBE_LOG,
+    report = {"args": asdict(args), "seconds": round(time.time() - t0, 1), "probe": probe_log,
               "continued_from": json.loads(previous.read_text()) if previous and previous.exists() else None,
               "final_loss": {r: sum(l[-20:]) / max(1, len(l[-20:])) for r, l in losses.items()}}
     (tmp / "warmstart.json").write_text(json.dumps(report, indent=2))
@@ -251,5 +279,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    from train import parse_args
     main(parse_args(Args, __doc__))

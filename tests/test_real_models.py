@@ -1,0 +1,200 @@
+"""Real (chat) models end to end: loading, prompts, context limits, warm start, training, resume, eval.
+
+The fast tests run the real-model code path on a toy chat model (a random 1-layer model whose
+tokenizer has a chat template). The tests marked slow run SmolLM2-135M-Instruct from the optional
+extra on the CPU at the smallest sizes (minutes): python -m pytest -m slow
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import agents
+import eval as evaluation
+import train
+import warmstart
+from agents import Budgets, MaxNew
+from conftest import smollm2_or_skip
+from data.example import Line, read_split
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------- prompts and context limits
+
+def test_tiny_prompts_keep_their_layout(toy_policy, toy_train):
+    """The tiny model was cloned on this bare layout: it must not change."""
+    ids = lambda text: toy_policy.tokenizer(text, add_special_tokens=False).input_ids
+    lines = toy_train[0].session_lines(0)[:2]
+    prompt, shown = agents.extraction_prompt(toy_policy, lines, Budgets())
+    assert prompt == ids(f"extract : [1] {lines[0].role} : {lines[0].text} [2] {lines[1].role} : {lines[1].text} =>")
+    assert shown == lines
+    prompt = agents.profile_prompt(toy_policy, lines[:1], Budgets())
+    assert prompt == ids(f"profile : [1] {lines[0].text} =>")
+    prompt, _ = agents.retrieval_prompt(toy_policy, lines[:1], ["pet cat milo"], "q ?", ["a", "b", "c", "d"], Budgets())
+    assert prompt == ids(f"memory : [1] {lines[0].text} profile : pet cat milo "
+                         "question : q ? options : ( a ) a ( b ) b ( c ) c ( d ) d =>")
+
+
+def test_chat_prompts_carry_the_instruction_and_a_worked_example(toy_chat_model, toy_train):
+    pol = agents.load_policy(str(toy_chat_model))
+    assert pol.chat
+    lines = toy_train[0].session_lines(0)[:3]
+    text = pol.tokenizer.apply_chat_template([{"role": "user", "content": "X"}], tokenize=False,
+                                             add_generation_prompt=True)
+    prompt, shown = agents.extraction_prompt(pol, lines, Budgets())
+    content = "Lines:\n" + "\n".join(f"[{k}] {l.role} : {l.text}" for k, l in enumerate(lines, 1))
+    full = text.replace("X", agents.INSTRUCTIONS["extraction"] + "\n\nNow your turn:\n" + content)
+    assert prompt == pol.tokenizer(full, add_special_tokens=False).input_ids and shown == lines
+    for role in agents.ROLES:  # the format, shown once in the layout of the real prompts
+        assert "Example:" in agents.INSTRUCTIONS[role] and "Reply:" in agents.INSTRUCTIONS[role]
+
+
+class _CharTokenizer:
+    """One token per character: a stand-in tokenizer whose counts are easy to work by hand."""
+    def __call__(self, texts, add_special_tokens=False):
+        class Out:
+            input_ids = [list(range(len(t))) for t in texts]
+        return Out()
+
+
+def test_fit_limits_hand_worked():
+    pol = agents.Policy(model=None, tokenizer=_CharTokenizer())
+    from data.example import Example, Session
+    ex = Example("q", "u", "t", "?", ["a", "b", "c", "d"], "a",
+                 [Session(0, "", [Line(0, 0, "user", "ab cd"), Line(1, 0, "user", "e .")])])
+    budgets, max_new, scale = agents.fit_limits(pol, [ex])
+    assert scale == pytest.approx(8 / 4)  # "ab cd" + "e ." = 8 characters, 4 words
+    # the four tags: 13 + 14 + 14 + 15 characters, 4 tokens of the tiny tokenizer
+    assert budgets == Budgets(640, 320, 512, 128)
+    assert max_new == MaxNew(32, 80, 48 + 56 - 4)
+    assert agents.fit_limits(pol, [ex], scale=1.5)[0] == Budgets(480, 240, 384, 96)
+
+
+def test_fit_limits_of_the_tiny_tokenizer_are_the_defaults(toy_policy, toy_train):
+    budgets, max_new, scale = agents.fit_limits(toy_policy, toy_train)
+    assert scale == 1.0 and budgets == Budgets() and max_new == MaxNew()
+
+
+# ---------------------------------------------------------------- loading
+
+def test_plain_model_drops_the_quantization_config(toy_policy, tmp_path):
+    model = toy_policy.model
+    model.config.quantization_config = {"quant_method": "gguf"}  # what a GGUF load leaves on the config
+    try:
+        plain = agents.plain_model(model)
+    finally:
+        del model.config.quantization_config
+    assert not hasattr(plain.config, "quantization_config")
+    ids = torch.tensor([[3, 4, 5]])
+    with torch.no_grad():
+        assert torch.equal(plain(ids).logits, model(ids).logits)
+    plain.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+
+
+def test_roles_loaded_from_one_name_are_separate_copies(toy_chat_model):
+    pols = agents.load_policies({r: str(toy_chat_model) for r in agents.ROLES})
+    a, b = pols["extraction"].model, pols["retrieval"].model
+    assert a is not b
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+# ---------------------------------------------------------------- the pipeline
+
+def _pipeline(model: str, data, tmp_path, ws_kw: dict):
+    """warmstart.py --model M --out DIR; train.py --model DIR --steps 1; the same --steps 2 --resume;
+    eval.py --policies ckpt. Returns the run folder."""
+    ws = tmp_path / "ws"
+    warmstart.main(warmstart.Args(model=model, data=str(data), out=str(ws), probe_every=0, **ws_kw))
+    assert sorted(p.name for p in ws.iterdir()) == ["extraction", "profile", "retrieval", "warmstart.json"]
+    base = dict(data=str(data), model=str(ws), out=str(tmp_path / "runs"), queries=1, group_size=2,
+                eval_users=1, seed=1)
+    train.main(train.Args(steps=1, **base))
+    train.main(train.Args(steps=2, resume=True, **base))
+    run = tmp_path / "runs" / "comam-s1"
+    state = json.loads((run / "ckpt" / "state.json").read_text())
+    assert state["step"] == 2
+    for role in agents.ROLES:
+        assert (run / "ckpt" / role / "model.safetensors").exists()
+    res = evaluation.main(evaluation.Args(data=str(data), policies=str(run / "ckpt"), users=1, temperature=0.0,
+                                          out=str(tmp_path / "eval.json")))
+    assert res["n"] > 0 and 0.0 <= res["accuracy"] <= 1.0
+    return run
+
+
+def test_chat_model_warm_start_train_resume_eval(toy_chat_model, toy_data, tmp_path):
+    run = _pipeline(str(toy_chat_model), toy_data, tmp_path, dict(steps=2, batch_size=2))
+    report = json.loads((tmp_path / "ws" / "warmstart.json").read_text())
+    assert report["args"]["lr"] == 1e-4  # the real-model default, not the tiny model's 1e-3
+    assert [json.loads(l)["step"] for l in (run / "log.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_gradient_checkpointing_gives_the_same_update(toy_chat_model):
+    """Recomputing activations in the backward pass changes memory, not the gradient."""
+    grads = []
+    for ckpt in (False, True):
+        pol = agents.load_policy(str(toy_chat_model))
+        if ckpt:
+            agents.enable_checkpointing(pol.model)
+        pol.model.train()
+        logp, mask = agents.completion_logprobs(pol.model, [[5, 6, 7], [8, 9]], [[10, 11, pol.eos_id], [12, pol.eos_id]],
+                                                pol.pad_id)
+        (logp * mask).sum().backward()
+        grads.append([p.grad.clone() for p in pol.model.parameters()])
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_gpu_check_cpu_path(toy_chat_model, toy_data, tmp_path):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import gpu_check
+    summary = gpu_check.main(gpu_check.Args(device="cpu", toy=True, model=str(toy_chat_model), data=str(toy_data),
+                                            out=str(tmp_path / "check")))
+    assert json.loads((tmp_path / "check" / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    tiny = summary["tiny"]
+    assert tiny["steps"] == 2 and tiny["step_s"] > 0 and tiny["gen_tok_s"] > 0 and tiny["peak_mem_gb"] > 0
+    real = summary["real"]
+    for key in ("eval_before", "eval_after_warmstart"):
+        assert set(real[key]["format_failure"]) == set(agents.ROLES)
+    assert real["comam"]["steps"] == 1 and set(real["comam"]["zero_std_groups"]) == set(agents.ROLES)
+    assert 0.0 <= real["comam"]["final"]["accuracy"] <= 1.0
+
+
+def test_gpu_check_without_cuda_says_so(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--out", str(tmp_path / "x")],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode != 0 and "no CUDA device" in r.stderr
+
+
+# ---------------------------------------------------------------- SmolLM2 (slow: minutes on a CPU)
+
+@pytest.mark.slow
+def test_smollm2_saves_as_a_plain_model_and_reloads(tmp_path):
+    smollm2_or_skip()
+    pol = agents.load_policy("smollm2")
+    assert pol.chat and pol.pad_id == pol.eos_id
+    pol.model.save_pretrained(tmp_path / "m")
+    pol.tokenizer.save_pretrained(tmp_path / "m")
+    again = agents.load_policy(str(tmp_path / "m"))
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        assert torch.equal(again.model(ids).logits, pol.model(ids).logits)
+    text = agents.INSTRUCTIONS["retrieval"]
+    assert again.tokenizer(text).input_ids == pol.tokenizer(text).input_ids
+    prompt = agents.profile_prompt(again, [Line(0, 0, "user", "i have a cat named milo .")], Budgets())
+    comps, lps = agents.sample(again, [prompt], 8, temperature=0.0)
+    assert 1 <= len(comps[0]) <= 8 and all(lp <= 0 for lp in lps[0])
+
+
+@pytest.mark.slow
+def test_smollm2_warm_start_train_resume_eval(toy_data, tmp_path):
+    smollm2_or_skip()
+    _pipeline("smollm2", toy_data, tmp_path, dict(steps=2, batch_size=2))
