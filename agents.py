@@ -1,14 +1,14 @@
-"""The three agents of CoMAM (PAPER.md §1) and the policies they run on.
+"""The three agents of CoMAM (docs/method.md §1) and the policies they run on.
 
     extraction  (agent 0): numbered history lines          -> ids of the lines it keeps;  M_f = those lines
     profile     (agent 1): M_f                             -> profile statements M_c ("pet cat milo ; likes jazz")
     retrieval   (agent 2): M = (M_f, M_c), question, options -> "<information> ids </information>
                                                                <final_answer> option </final_answer>"
 
-Agents act on numbered lines (PAPER.md §8 DECISION): line numbers in a prompt are local (1..k, in the
+Agents act on numbered lines (docs/method.md, decision 1): line numbers in a prompt are local (1..k, in the
 order shown) and the environment maps them back to the history's global line ids, so that Eq. 9 and
 Eq. 11 are exact set operations. The final answer is the chosen option's *text* (a bare letter is a hop
-the tiny model does not learn, PAPER.md §8); the parser also accepts a letter "(b)" from real LLMs.
+the tiny model does not learn, decision 2); the parser also accepts a letter "(b)" from real LLMs.
 
 Each agent has a fixed context budget in tokens (`Budgets`). Content that does not fit is truncated by
 one rule: extraction and profile inputs keep their first lines (a session's tail is lost); the
@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 from data.example import LETTERS, Example, Line
+from rewards import normalise
 
 ROLES = ("extraction", "profile", "retrieval")
 ROOT = Path(__file__).resolve().parent
@@ -75,7 +76,8 @@ def build_tokenizer(texts: list[str], max_number: int = 255):
     """A word-level fast tokenizer over `texts` (split at whitespace and punctuation), pad == eos.
 
     >>> tok = build_tokenizer(["i have a cat named milo ."])
-    >>> tok("[1] i have a cat").input_ids   # "[", "1", "]", "i", ...: every word and number is one token
+    >>> tok.convert_ids_to_tokens(tok("[1] i have a cat").input_ids)  # every word and number: one token
+    ['[', '1', ']', 'i', 'have', 'a', 'cat']
     """
     from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -264,26 +266,22 @@ def _ntok(policy: Policy, texts: list[str]) -> list[int]:
     return [len(ids) for ids in policy.tokenizer(texts, add_special_tokens=False).input_ids] if texts else []
 
 
-def fit_first(policy: Policy, texts: list[str], budget: int, per_item: int = 4) -> list[int]:
-    """Indices of the leading `texts` that fit in `budget` tokens (`per_item` for the "[k]" prefix)."""
+def fit(policy: Policy, texts: list[str], budget: int, per_item: int = 4, newest: bool = False) -> list[int]:
+    """Indices (in order) of the texts that fit in `budget` tokens, `per_item` more per text for its
+    "[k]" prefix: the leading texts, or with newest=True the most recent ones (the oldest dropped first).
+
+    Worked example, one token per word, budget 12, per_item 4: texts of 3, 4 and 2 words cost 7, 8, 6;
+    the leading fit is [0] (7 + 8 > 12), the newest fit is [2] (6 + 8 > 12).
+    """
+    order = list(range(len(texts)))[::-1] if newest else list(range(len(texts)))
+    sizes = _ntok(policy, texts)
     kept, used = [], 0
-    for i, n in enumerate(_ntok(policy, texts)):
-        if used + n + per_item > budget:
+    for i in order:
+        if used + sizes[i] + per_item > budget:
             break
         kept.append(i)
-        used += n + per_item
-    return kept
-
-
-def fit_last(policy: Policy, texts: list[str], budget: int, per_item: int = 4) -> list[int]:
-    """Indices of the most recent `texts` that fit in `budget` tokens (oldest dropped first)."""
-    kept, used = [], 0
-    for i, n in reversed(list(enumerate(_ntok(policy, texts)))):
-        if used + n + per_item > budget:
-            break
-        kept.append(i)
-        used += n + per_item
-    return kept[::-1]
+        used += sizes[i] + per_item
+    return sorted(kept)
 
 
 def numbered(texts: list[str], sep: str = " ") -> str:
@@ -340,7 +338,7 @@ def render(policy: Policy, role: str, content: str) -> list[int]:
 def extraction_prompt(policy: Policy, lines: list[Line], budget: Budgets) -> tuple[list[int], list[Line]]:
     """Prompt ids, and the lines shown (local number k -> shown[k-1])."""
     texts = [f"{l.role} : {l.text}" for l in lines]
-    kept = fit_first(policy, texts, budget.extraction)
+    kept = fit(policy, texts, budget.extraction)
     shown, texts = [lines[i] for i in kept], [texts[i] for i in kept]
     if policy.chat:
         return render(policy, "extraction", "Lines:\n" + numbered(texts, "\n")), shown
@@ -349,7 +347,7 @@ def extraction_prompt(policy: Policy, lines: list[Line], budget: Budgets) -> tup
 
 def profile_prompt(policy: Policy, memory: list[Line], budget: Budgets) -> list[int]:
     texts = [l.text for l in memory]
-    shown = [texts[i] for i in fit_first(policy, texts, budget.profile)]
+    shown = [texts[i] for i in fit(policy, texts, budget.profile)]
     if policy.chat:
         return render(policy, "profile", "Lines:\n" + numbered([f"user : {t}" for t in shown], "\n"))
     return render(policy, "profile", f"profile : {numbered(shown)} =>")
@@ -358,8 +356,8 @@ def profile_prompt(policy: Policy, memory: list[Line], budget: Budgets) -> list[
 def retrieval_prompt(policy: Policy, memory: list[Line], profile: list[str], question: str,
                      options: list[str], budget: Budgets) -> tuple[list[int], list[Line]]:
     """Prompt ids and the memory lines shown (most recent that fit)."""
-    shown = [memory[i] for i in fit_last(policy, [l.text for l in memory], budget.memory)]
-    statements = [profile[i] for i in fit_last(policy, profile, budget.profile_in_memory, per_item=1)]
+    shown = [memory[i] for i in fit(policy, [l.text for l in memory], budget.memory, newest=True)]
+    statements = [profile[i] for i in fit(policy, profile, budget.profile_in_memory, per_item=1, newest=True)]
     if policy.chat:
         opts = "\n".join(f"({LETTERS[i]}) {o}" for i, o in enumerate(options))
         content = (f"Memory:\n{numbered([l.text for l in shown], chr(10)) or '(empty)'}\n"
@@ -429,10 +427,6 @@ def parse_profile(text: str) -> tuple[list[str], bool]:
     return statements, bool(statements)
 
 
-def _norm(text: str) -> str:
-    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
-
-
 def parse_answer(text: str, shown: list[Line], options: list[str]) -> tuple[list[int], str | None, bool]:
     """(retrieved global ids E'_q, chosen letter or None, ok) from the retrieval agent's output.
 
@@ -446,8 +440,8 @@ def parse_answer(text: str, shown: list[Line], options: list[str]) -> tuple[list
     letter = None
     if ans:
         raw = ans.group(1).strip()
-        norm = _norm(raw)
-        by_text = [i for i, o in enumerate(options) if _norm(o) == norm and norm]
+        norm = normalise(raw)
+        by_text = [i for i, o in enumerate(options) if normalise(o) == norm and norm]
         m = re.match(r"^\(?\s*([a-dA-D])\s*\)", raw) or re.fullmatch(r"\(?\s*([a-dA-D])\s*\)?", raw)
         if by_text:
             letter = LETTERS[by_text[0]]
@@ -548,6 +542,18 @@ def decode(policy: Policy, completion: list[int]) -> str:
     return policy.tokenizer.decode(completion, skip_special_tokens=True)
 
 
+def _logits_at(model, ids: torch.Tensor, attn: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """Logits (N, V) at the N positions where `where` (B, T-1) is True: the language-model head runs on
+    those positions only. With a 49k-word vocabulary the head over every position of a batch of
+    prompts would cost more memory than the model itself. Models whose head is more than a linear
+    layer (logit soft-capping or scaling in the causal-LM forward) take the full forward instead."""
+    cfg = model.config
+    if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None):
+        return model(input_ids=ids, attention_mask=attn, use_cache=False).logits[:, :-1][where]
+    hidden = model.base_model(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state  # (B, T, H)
+    return model.get_output_embeddings()(hidden[:, :-1][where])  # (N, V)
+
+
 def completion_logprobs(model, prompts: list[list[int]], completions: list[list[int]], pad_id: int,
                         temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probs of `completions` given `prompts`, float32, logits divided by `temperature`.
@@ -572,11 +578,9 @@ def completion_logprobs(model, prompts: list[list[int]], completions: list[list[
         attn[i, :len(p) + len(c)] = 1
         mask[i, len(p) - 1:len(p) + len(c) - 1] = 1.0
     ids, attn, mask = ids.to(dev), attn.to(dev), mask.to(dev)
-    first = min(len(p) for p in prompts) - 1  # no completion token is scored before this position
-    # the language-model head only where a completion token can be scored: the last T - first positions
-    out = model(input_ids=ids, attention_mask=attn, use_cache=False, logits_to_keep=T - first)
-    logits = out.logits[:, :-1, :].float()  # (B, T-1-first, V): positions first .. T-2
-    logp = torch.log_softmax(logits / temperature, dim=-1)
-    logp = logp.gather(-1, ids[:, first + 1:, None]).squeeze(-1)  # (B, T-1-first)
-    logp = torch.nn.functional.pad(logp, (first, 0))  # (B, T-1)
+    where = mask.bool()  # (B, T-1): the positions whose logits score a completion token
+    logits = _logits_at(model, ids, attn, where).float()  # (N, V), N = completion tokens in the batch
+    logp_flat = torch.log_softmax(logits / temperature, dim=-1)  # (N, V)
+    logp_flat = logp_flat.gather(-1, ids[:, 1:][where][:, None]).squeeze(-1)  # (N,): at the target tokens
+    logp = torch.zeros(mask.shape, dtype=torch.float32, device=dev).masked_scatter(where, logp_flat)  # (B, T-1)
     return logp * mask, mask

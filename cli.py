@@ -11,7 +11,10 @@ import ast
 import dataclasses
 import inspect
 import random
+import shutil
 import textwrap
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -60,3 +63,18 @@ def autocast(device: str):
     if device == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return torch.autocast("cpu", enabled=False)
+
+
+def replace_folder(final: Path, write: Callable[[Path], None]) -> None:
+    """Write a folder atomically: `write(tmp)` fills <final>.tmp, which then takes the place of `final`
+    (the previous version is kept as <final>.old until the new one is in place)."""
+    tmp, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    if old.exists():
+        shutil.rmtree(old)

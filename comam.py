@@ -1,4 +1,4 @@
-"""The sequential MDP of CoMAM (PAPER.md §2): extraction -> profile -> retrieval-and-answer.
+"""The sequential MDP of CoMAM (Sec. 4.2): extraction -> profile -> retrieval-and-answer.
 
     s_0 = H --a_0--> M_f --a_1--> M_c --a_2--> (E'_q, p)
 
@@ -9,7 +9,8 @@ Q x G prompts. Every trajectory keeps, per agent, the prompt ids, the sampled co
 re-tokenised) and their log-probs under the sampling policy, plus the four rewards of Eqs. 9-12.
 
 In evaluation (`build_memory` + `answer`), construction runs session by session over the whole
-history, memory accumulating (PAPER.md §2 DECISION), and the retrieval agent answers each query.
+history, memory accumulating (App. B.1; docs/method.md, decision 9), and the retrieval agent answers
+each query.
 """
 from __future__ import annotations
 
@@ -36,23 +37,23 @@ class Action:
 @dataclass
 class Trajectory:
     example: Example
-    memory: list[Line] = field(default_factory=list)  # M_f
+    memory_lines: list[Line] = field(default_factory=list)  # M_f
     profile: list[str] = field(default_factory=list)  # M_c
     retrieved: list[int] = field(default_factory=list)  # E'_q (global line ids)
     answer: str | None = None  # chosen letter, None = unparsed
     actions: dict[str, Action] = field(default_factory=dict)  # role -> action
-    local: list[float] = field(default_factory=list)  # r_0, r_1, r_2 (NaN = unavailable)
-    reward: float = 0.0  # r_3
+    local_rewards: list[float] = field(default_factory=list)  # r_0, r_1, r_2 (NaN = unavailable)
+    global_reward: float = 0.0  # r_3
 
     def score(self) -> None:
         """Eqs. 9-12: local rewards of the three agents and the global reward."""
         ex, nan = self.example, float("nan")
         session = ex.sessions[ex.evidence_session] if ex.evidence_session is not None else None
-        r0 = extraction_reward([l.id for l in self.memory], ex.evidence)
+        r0 = extraction_reward([l.id for l in self.memory_lines], ex.evidence)
         r1 = profile_reward(self.profile, session.profile if session else None)
         r2 = retrieval_reward(self.retrieved, ex.evidence)
-        self.local = [nan if r is None else r for r in (r0, r1, r2)]
-        self.reward = global_reward(self.answer, ex.gold)
+        self.local_rewards = [nan if r is None else r for r in (r0, r1, r2)]
+        self.global_reward = global_reward(self.answer, ex.gold)
 
 
 # ======================================================================== one step per agent
@@ -81,7 +82,7 @@ def run_profile(policy: Policy, memories: list[list[Line]], budgets: Budgets, ma
 
     An empty M_f has nothing to abstract: the agent is not called, M_c gets no statement, and the
     action is empty (no token to train on). Without this rule a profile agent trained only on
-    evidence sessions (PAPER.md §2) invents statements for small-talk sessions at evaluation time.
+    evidence sessions (Sec. 4.2) invents statements for small-talk sessions at evaluation time.
     """
     todo = [i for i, m in enumerate(memories) if m]
     generated = _generate(policy, [agents.profile_prompt(policy, memories[i], budgets) for i in todo],
@@ -105,7 +106,7 @@ def run_retrieval(policy: Policy, items: list[tuple[list[Line], list[str], Examp
     return out
 
 
-# ======================================================================== training rollout (PAPER.md §2)
+# ======================================================================== training rollout (Sec. 4.2)
 
 def rollout(policies: dict[str, Policy], examples: list[Example], group_size: int, budgets: Budgets,
             max_new: MaxNew, temperature: float = 1.0, generator=None) -> list[list[Trajectory]]:
@@ -114,11 +115,11 @@ def rollout(policies: dict[str, Policy], examples: list[Example], group_size: in
     histories = [t.example.session_lines(t.example.evidence_session) for t in trajs]
     for t, (act, mem) in zip(trajs, run_extraction(policies["extraction"], histories, budgets,
                                                    max_new.extraction, temperature, generator)):
-        t.actions["extraction"], t.memory = act, mem
-    for t, (act, prof) in zip(trajs, run_profile(policies["profile"], [t.memory for t in trajs], budgets,
+        t.actions["extraction"], t.memory_lines = act, mem
+    for t, (act, prof) in zip(trajs, run_profile(policies["profile"], [t.memory_lines for t in trajs], budgets,
                                                  max_new.profile, temperature, generator)):
         t.actions["profile"], t.profile = act, prof
-    items = [(t.memory, t.profile, t.example) for t in trajs]
+    items = [(t.memory_lines, t.profile, t.example) for t in trajs]
     for t, (act, ids, letter) in zip(trajs, run_retrieval(policies["retrieval"], items, budgets,
                                                           max_new.retrieval, temperature, generator)):
         t.actions["retrieval"], t.retrieved, t.answer = act, ids, letter
@@ -130,7 +131,7 @@ def rollout(policies: dict[str, Policy], examples: list[Example], group_size: in
 
 @dataclass
 class Memory:
-    lines: list[Line] = field(default_factory=list)  # M_f, accumulated over sessions
+    memory_lines: list[Line] = field(default_factory=list)  # M_f, accumulated over sessions
     profile: list[str] = field(default_factory=list)  # M_c, accumulated over sessions
     per_session: list[list[str]] = field(default_factory=list)  # the profile agent's output per session
     failures: dict[str, int] = field(default_factory=lambda: {"extraction": 0, "profile": 0})
@@ -153,7 +154,7 @@ def build_memory(policies: dict[str, Policy], histories: dict[str, list[list[Lin
                            temperature, generator)
         for u, (a0, kept), (a1, statements) in zip(users, ext, prof):
             m = memories[u]
-            m.lines += kept
+            m.memory_lines += kept
             m.profile += statements
             m.per_session.append(statements)
             m.failures["extraction"] += not a0.ok
@@ -168,11 +169,11 @@ def build_memory(policies: dict[str, Policy], histories: dict[str, list[list[Lin
 def answer(policies: dict[str, Policy], examples: list[Example], memories: list[Memory], budgets: Budgets,
            max_new: MaxNew, temperature: float, generator=None) -> list[Trajectory]:
     """The retrieval agent answers each query from its memory (`memories[i]` for `examples[i]`)."""
-    items = [(m.lines, m.profile, ex) for ex, m in zip(examples, memories)]
+    items = [(m.memory_lines, m.profile, ex) for ex, m in zip(examples, memories)]
     trajs = []
     for ex, m, (act, ids, letter) in zip(examples, memories, run_retrieval(
             policies["retrieval"], items, budgets, max_new.retrieval, temperature, generator)):
-        t = Trajectory(ex, m.lines, m.profile, ids, letter, {"retrieval": act})
+        t = Trajectory(ex, m.memory_lines, m.profile, ids, letter, {"retrieval": act})
         t.score()
         trajs.append(t)
     return trajs

@@ -1,11 +1,11 @@
-"""Credit assignment by ranking consistency (PAPER.md §4) and group-normalised advantages (§5).
+"""Credit assignment by ranking consistency (Sec. 4.3, Eqs. 13-15) and group-normalised advantages (Eq. 16).
 
 For ONE query and its G sampled trajectories:
 
-    local  shape (3, G)  local rewards r_0, r_1, r_2 of the three agents (Eq. 9-11)
-    glob   shape (G,)    global rewards r_3 (Eq. 12)
+    local_rewards   shape (3, G)  local rewards r_0, r_1, r_2 of the three agents (Eqs. 9-11)
+    global_rewards  shape (G,)    global rewards r_3 (Eq. 12)
 
-    v_n = NDCG(rank by local_n, gains = glob)          Eq. 13   how well agent n's reward predicts success
+    v_n = NDCG(rank by r_n, gains = r_3)               Eq. 13   how well agent n's reward predicts success
     w_n = softmax(v)_n                                 Eq. 14   its share of the global reward
     r_final_n = r_n + w_n · r_3                        Eq. 15   the reward agent n is trained on
     A_n = (r_final_n − mean) / (std + eps)             Eq. 16   GRPO advantage over the G trajectories
@@ -28,9 +28,9 @@ VARIANTS = ("eq15", "alg1")
 
 
 def ndcg(local_scores, global_gains) -> float:
-    """Eq. 13 (PAPER.md §4): NDCG of the ranking by local score, with the global rewards as gains.
+    """Eq. 13 (Sec. 4.3): NDCG of the ranking by local score, with the global rewards as gains.
 
-    DECISION rules (PAPER.md §4):
+    Rules where the paper is silent (docs/method.md, decision 5):
       * rank the G trajectories by local score, descending; rank r = 1, 2, ..., G;
       * gain = global reward (must be >= 0), discount 1 / log2(1 + r);
       * ties in the local score: a tied block gets, at each of its positions, the AVERAGE gain of its
@@ -71,33 +71,34 @@ def _available(local: np.ndarray) -> np.ndarray:
     return ~np.isnan(local).any(axis=1)
 
 
-def _as_group(local, glob) -> tuple[np.ndarray, np.ndarray]:
-    """Validate and convert: local -> float64 (N, G) with None -> NaN; glob -> float64 (G,)."""
-    local = np.array(local, dtype=np.float64)  # None entries become NaN
-    glob = np.array(glob, dtype=np.float64)
-    if local.ndim != 2 or glob.ndim != 1 or local.shape[1] != glob.shape[0]:
-        raise ValueError(f"need local (N, G) and glob (G,), got {local.shape} and {glob.shape}")
-    if np.isnan(glob).any():
+def _as_group(local_rewards, global_rewards) -> tuple[np.ndarray, np.ndarray]:
+    """Validate and convert: local_rewards -> float64 (N, G) with None -> NaN; global_rewards -> float64 (G,)."""
+    local_rewards = np.array(local_rewards, dtype=np.float64)  # None entries become NaN
+    global_rewards = np.array(global_rewards, dtype=np.float64)
+    if local_rewards.ndim != 2 or global_rewards.ndim != 1 or local_rewards.shape[1] != global_rewards.shape[0]:
+        raise ValueError(f"need local_rewards (N, G) and global_rewards (G,), "
+                         f"got {local_rewards.shape} and {global_rewards.shape}")
+    if np.isnan(global_rewards).any():
         raise ValueError("global rewards must all be available (Eq. 12 never fails: unparsed = 0)")
-    return local, glob
+    return local_rewards, global_rewards
 
 
-def consistency(local, glob) -> np.ndarray:
+def consistency(local_rewards, global_rewards) -> np.ndarray:
     """v_n for each agent (Eq. 13): shape (N,) = (3,). An unavailable (NaN) row gets v_n = 1.0.
 
     >>> consistency([[0.9, 0.5, 0.1], [0.1, 0.5, 0.9], [None, None, None]], [0, 1, 1]).round(4)
     array([0.6934, 1.    , 1.    ])
     """
-    local, glob = _as_group(local, glob)
-    ok = _available(local)
-    return np.array([ndcg(row, glob) if ok[n] else 1.0 for n, row in enumerate(local)])
+    local_rewards, global_rewards = _as_group(local_rewards, global_rewards)
+    ok = _available(local_rewards)
+    return np.array([ndcg(row, global_rewards) if ok[n] else 1.0 for n, row in enumerate(local_rewards)])
 
 
 # ---------------------------------------------------------------- Eq. 14: credit weights
 
 
 def credit_weights(v, temperature: float = 1.0) -> np.ndarray:
-    """Eq. 14 (PAPER.md §4): w_n = exp(v_n / τ) / Σ_m exp(v_m / τ), computed stably (shift by max v).
+    """Eq. 14 (Sec. 4.3): w_n = exp(v_n / τ) / Σ_m exp(v_m / τ), computed stably (shift by max v).
 
     τ = 1 is the paper's Eq. 14. Since v ∈ [0, 1], its weights stay close to uniform:
     v = [1, 0, 0] gives w = [0.576, 0.212, 0.212], and the usual spread of v (a few tenths) moves w
@@ -114,37 +115,38 @@ def credit_weights(v, temperature: float = 1.0) -> np.ndarray:
 # ---------------------------------------------------------------- Eq. 15: integrated rewards
 
 
-def integrated_rewards(local, glob, mode: str = "comam", fixed_w: float = 0.5, variant: str = "eq15",
-                       temperature: float = 1.0):
-    """Eq. 15 (PAPER.md §4): r_final_n = r_n + w_n · r_3, for every agent n and trajectory i.
+def integrated_rewards(local_rewards, global_rewards, mode: str = "comam", fixed_w: float = 0.5,
+                       variant: str = "eq15", temperature: float = 1.0):
+    """Eq. 15 (Sec. 4.3): r_final_n = r_n + w_n · r_3, for every agent n and trajectory i.
 
     Returns (r_final shape (N, G), v shape (N,), w shape (N,)); v (Eq. 13) is always computed, for
-    logging, whatever the mode. Modes (the Table 4 ablations, PAPER.md §4):
+    logging, whatever the mode. Modes (the Table 4 ablations):
         "comam"   w = softmax(v / temperature)  (Eq. 14, adaptive credit; the paper's temperature is 1)
         "local"   r_final = r_n                 (w = 0: no global reward)
-        "global"  r_final = r_3                 (local ignored; w reported as 1)
+        "global"  r_final = r_3                 (local rewards ignored; w reported as 1)
         "equal"   w = 1/N each                  (equal share of the global reward)
         "fixed"   w = fixed_w for every agent   (the fixed-weight sweep, Fig. 5)
     variant "eq15" (canonical) or "alg1" (Algorithm 1's r_3 + w_n·r_n), the latter for
     comam/equal/fixed only; "local"/"global" do not depend on it.
-    Unavailable (NaN) local rows contribute r_n = 0.
+    Unavailable (NaN) local-reward rows contribute r_n = 0.
 
-    Worked example: local = [[1, 0], [0, 1], [1, 0]], glob = [1, 0] -> v = [1, 0.6309, 1],
-    w = softmax(v) = [0.3716, 0.2569, 0.3716], r_final_0 = [1 + 0.3716, 0 + 0] = [1.3716, 0].
+    Worked example: local_rewards = [[1, 0], [0, 1], [1, 0]], global_rewards = [1, 0]
+    -> v = [1, 0.6309, 1], w = softmax(v) = [0.3716, 0.2569, 0.3716],
+    r_final_0 = [1 + 0.3716, 0 + 0] = [1.3716, 0].
     """
     if mode not in CREDIT_MODES:
         raise ValueError(f"unknown credit mode {mode!r}; expected one of {CREDIT_MODES}")
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
-    local, glob = _as_group(local, glob)
-    v = consistency(local, glob)
-    r = np.where(_available(local)[:, None], local, 0.0)  # unavailable rows contribute 0
+    local_rewards, global_rewards = _as_group(local_rewards, global_rewards)
+    v = consistency(local_rewards, global_rewards)
+    r = np.where(_available(local_rewards)[:, None], local_rewards, 0.0)  # unavailable rows contribute 0
     n_agents = r.shape[0]
 
     if mode == "local":
         return r, v, np.zeros(n_agents)
     if mode == "global":
-        return np.tile(glob, (n_agents, 1)), v, np.ones(n_agents)
+        return np.tile(global_rewards, (n_agents, 1)), v, np.ones(n_agents)
     if mode == "comam":
         w = credit_weights(v, temperature)
     elif mode == "equal":
@@ -153,9 +155,9 @@ def integrated_rewards(local, glob, mode: str = "comam", fixed_w: float = 0.5, v
         w = np.full(n_agents, float(fixed_w))
 
     if variant == "eq15":
-        r_final = r + w[:, None] * glob[None, :]
+        r_final = r + w[:, None] * global_rewards[None, :]
     else:  # "alg1"
-        r_final = glob[None, :] + w[:, None] * r
+        r_final = global_rewards[None, :] + w[:, None] * r
     return r_final, v, w
 
 
@@ -163,7 +165,7 @@ def integrated_rewards(local, glob, mode: str = "comam", fixed_w: float = 0.5, v
 
 
 def group_advantages(rewards, eps: float = 1e-6) -> np.ndarray:
-    """Eq. 16 (PAPER.md §5): A = (r − mean) / (std + eps) over the last axis (the G trajectories).
+    """Eq. 16: A = (r − mean) / (std + eps) over the last axis (the G trajectories).
 
     Population std (ddof = 0). Where std < 1e-8 (all G rewards equal) the advantage is exactly 0:
     the group carries no signal. Works for shape (G,) and (N, G).

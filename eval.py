@@ -1,12 +1,12 @@
-"""Evaluation as deployed (PAPER.md §2, App. B.1), the memory baselines, and the comparison tables.
+"""Evaluation as deployed (App. B.1), the memory baselines, and the comparison tables.
 
     python eval.py                                  # the shipped warm start ("no train") on validation
     python eval.py --policies runs/comam-s1/ckpt    # a trained run's checkpoint
     python eval.py --system base                    # Base: the raw history, truncated to the budget
     python eval.py --system rag                     # RAG: all-MiniLM-L6-v2 top-k chunks (optional extra)
     python eval.py --split test --temperature 0     # greedy, on the test split
-    python eval.py --personamem Q.csv C.jsonl --policies smollm2    # PersonaMem files
-    python eval.py --compare runs/comam-s* runs/local-s*            # mean ± std tables over seeds
+    python eval.py --personamem Q.csv,C.jsonl --policies smollm2    # PersonaMem files (optional extra)
+    python eval.py --compare "runs/comam-s* runs/local-s*"          # mean ± std tables over seeds
     python eval.py --plot runs/comam-s1                             # training curves (matplotlib)
 
 Systems (the same retrieval-and-answer agent answers in all of them, as in the paper's Table 1):
@@ -22,6 +22,7 @@ One JSON result file per evaluation.
 """
 from __future__ import annotations
 
+import glob
 import json
 import re
 import time
@@ -60,9 +61,9 @@ class Args:
     personamem: str = ""
     """evaluate PersonaMem instead: 'QUESTIONS.csv,CONTEXTS.jsonl'"""
     compare: str = ""
-    """print comparison tables of these run folders / result files (space-separated; shell globs welcome)"""
+    """print comparison tables of these run folders / result files (one quoted, space-separated list; * patterns are expanded)"""
     plot: str = ""
-    """write training-curve PNGs of these run folders (space-separated)"""
+    """write training-curve PNGs of these run folders (one quoted, space-separated list; * patterns are expanded)"""
     out: str = ""
     """result JSON file (default: <policies>/eval-<split>.json or runs/eval-<split>.json)"""
     device: str = "auto"
@@ -92,19 +93,19 @@ def metrics(trajs: list[comam.Trajectory], memories: list[comam.Memory], policy:
     """
     by_type, by_setting = defaultdict(list), defaultdict(list)
     for t in trajs:
-        by_type[t.example.qtype].append(t.reward)
-        by_setting[t.example.setting].append(t.reward)
+        by_type[t.example.qtype].append(t.global_reward)
+        by_setting[t.example.setting].append(t.global_reward)
     ev = [t for t in trajs if t.example.evidence]
-    rec_iou_m = [recall_iou([l.id for l in t.memory], t.example.evidence) for t in ev]
+    rec_iou_m = [recall_iou([l.id for l in t.memory_lines], t.example.evidence) for t in ev]
     rec_iou_r = [recall_iou(t.retrieved, t.example.evidence) for t in ev]
     distinct = {id(m): (m, t.example) for m, t in zip(memories, trajs)}.values()  # each memory once
     prof = [profile_reward(st, s.profile) for m, ex in distinct for s, st in zip(ex.sessions, m.per_session)]
-    mem_tokens = [len(policy.tokenizer(" ".join([l.text for l in m.lines] + m.profile),
+    mem_tokens = [len(policy.tokenizer(" ".join([l.text for l in m.memory_lines] + m.profile),
                                        add_special_tokens=False).input_ids) for m, _ in distinct]
     calls = sum(m.calls for m, _ in distinct)
     fails = lambda role: sum(m.failures[role] for m, _ in distinct) / calls if calls else None
     return {
-        "accuracy": float(np.mean([t.reward for t in trajs])), "n": len(trajs),
+        "accuracy": float(np.mean([t.global_reward for t in trajs])), "n": len(trajs),
         "per_type": {k: float(np.mean(by_type[k])) for k in QUESTION_TYPES if k in by_type}
                     | {k: float(np.mean(v)) for k, v in by_type.items() if k not in QUESTION_TYPES},
         "per_setting": {k: float(np.mean(v)) for k, v in sorted(by_setting.items())},
@@ -129,7 +130,7 @@ def base_memories(examples: list[Example]) -> list[comam.Memory]:
     """Base: the raw history as memory (the retrieval prompt keeps the most recent lines that fit)."""
     per_user = {}
     for ex in examples:
-        per_user.setdefault(ex.user, comam.Memory(lines=list(ex.lines)))
+        per_user.setdefault(ex.user, comam.Memory(memory_lines=list(ex.lines)))
     return [per_user[ex.user] for ex in examples]
 
 
@@ -176,7 +177,7 @@ def rag_memories(examples: list[Example], embedder: Embedder, top_k: int = TOP_K
         chunks, emb = cache[ex.user]
         q = embedder([ex.question])[0]  # (384,)
         best = sorted(torch.topk(emb @ q, min(top_k, len(chunks))).indices.tolist())
-        out.append(comam.Memory(lines=[l for i in best for l in chunks[i]]))
+        out.append(comam.Memory(memory_lines=[l for i in best for l in chunks[i]]))
     return out
 
 
@@ -184,7 +185,7 @@ def rag_memories(examples: list[Example], embedder: Embedder, top_k: int = TOP_K
 def evaluate(policies: dict[str, Policy], examples: list[Example], budgets: Budgets | None = None,
              max_new: agents.MaxNew | None = None, temperature: float = 0.8, seed: int = 1,
              desc: str = "eval", system: str = "comam", embedder: Embedder | None = None) -> dict:
-    """Build the memory of every question (`system`), then answer every question (PAPER.md §2)."""
+    """Build the memory of every question (`system`), then answer every question (App. B.1)."""
     budgets, max_new = budgets or Budgets(), max_new or agents.MaxNew()
     t0 = time.time()
     gen = torch.Generator().manual_seed(seed)
@@ -209,25 +210,18 @@ def evaluate(policies: dict[str, Policy], examples: list[Example], budgets: Budg
     return metrics(trajs, memories, policies["retrieval"], time.time() - t0)
 
 
-def format_comparison(results: dict[str, dict]) -> str:
-    """A markdown table: one row per system, accuracy overall and per history setting, local metrics."""
-    present = {s for r in results.values() for s in r["per_setting"]}
-    settings = [s for s in SETTING_ORDER if s in present] + sorted(present - set(SETTING_ORDER))
-    locs = ["extraction_recall", "profile_rubric", "retrieval_recall"]
-    head = ["system", "accuracy"] + settings + locs + ["format fail"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    fmt = lambda x: "n/a" if x is None else f"{x:.3f}"
-    for name, r in results.items():
-        cells = [name, fmt(r["accuracy"])] + [fmt(r["per_setting"].get(s)) for s in settings]
-        cells += [fmt(r["local"].get(k)) for k in locs]
-        cells += [fmt(max(v for v in r["format_failure"].values() if v is not None))]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 # ======================================================================== comparison over seeds, plots
 
 SETTING_ORDER = ["small", "medium", "large"]
+
+
+def expand(spec: str) -> list[str]:
+    """The paths of a space-separated list, each * / ? / [..] pattern expanded (sorted); a pattern that
+    matches nothing is kept as written, so that the error names it."""
+    out = []
+    for pattern in spec.split():
+        out += sorted(glob.glob(pattern)) or [pattern]
+    return out
 
 
 def collect(paths: list[str]) -> dict[str, list[dict]]:
@@ -252,11 +246,13 @@ def collect(paths: list[str]) -> dict[str, list[dict]]:
     return groups
 
 
-def comparison_table(groups: dict[str, list[dict]]) -> str:
-    """Markdown: accuracy mean ± std over seeds, overall and per history setting (Tables 1, 3, 4)."""
+def comparison_table(groups: dict[str, list[dict]], local: bool = False) -> str:
+    """Markdown: accuracy mean ± std over seeds (population std), overall and per history setting
+    (Tables 1, 3, 4); with `local`, also the local metrics and the worst agent's format-failure rate."""
     present = {s for rs in groups.values() for r in rs for s in r["per_setting"]}
     settings = [s for s in SETTING_ORDER if s in present] + sorted(present - set(SETTING_ORDER))
-    head = ["system", "seeds", "overall"] + settings
+    metrics_ = ["extraction_recall", "profile_rubric", "retrieval_recall"] if local else []
+    head = ["system", "seeds", "overall"] + settings + metrics_ + (["format fail"] if local else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def cell(values):
@@ -267,6 +263,9 @@ def comparison_table(groups: dict[str, list[dict]]) -> str:
     for label, results in groups.items():
         row = [label, str(len(results)), cell([r["accuracy"] for r in results])]
         row += [cell([r["per_setting"].get(s) for r in results]) for s in settings]
+        row += [cell([r["local"].get(k) for r in results]) for k in metrics_]
+        if local:
+            row.append(cell([max(v for v in r["format_failure"].values() if v is not None) for r in results]))
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -320,11 +319,11 @@ def main(args: Args) -> dict:
     from data.generate import ensure
 
     if args.compare:
-        table = comparison_table(collect(args.compare.split()))
+        table = comparison_table(collect(expand(args.compare)))
         print(table)
         return {"table": table}
     if args.plot:
-        for f in plot_runs(args.plot.split()):
+        for f in plot_runs(expand(args.plot)):
             print(f"wrote {f}")
         return {}
     device = resolve_device(args.device)

@@ -1,11 +1,11 @@
-"""The four rewards of CoMAM (PAPER.md §3): one local reward per agent, and one global reward.
+"""The four rewards of CoMAM (Eqs. 9-12): one local reward per agent, and one global reward.
 
     r_0  extraction agent  Eq. 9   recall-heavy overlap of the kept line ids M_f with the evidence E_q
     r_1  profile agent     Eq. 10  rubric score of the written profile M_c
     r_2  retrieval agent   Eq. 11  precision-heavy overlap of the retrieved ids E'_q with E_q
     r_3  global            Eq. 12  1 if the chosen option is the gold option, else 0
 
-Line ids are plain ints (PAPER.md §8 DECISION), so Eq. 9 and Eq. 11 are exact set operations.
+Line ids are plain ints (docs/method.md, decision 1), so Eq. 9 and Eq. 11 are exact set operations.
 A local reward that cannot be computed (no evidence / no gold profile, as in PersonaMem) is `None`
 ("unavailable"); `credit.py` knows what to do with it. An output that could not be parsed is scored
 as an empty prediction, i.e. 0 — never a crash.
@@ -47,7 +47,7 @@ def _overlap_reward(pred, gold, weight: float) -> float | None:
 
 
 def extraction_reward(memory_ids, evidence_ids, alpha: float = 0.8) -> float | None:
-    """Eq. 9 (PAPER.md §3): r_0 = α·|M∩E|/|E| + (1−α)·|M∩E|/|M∪E|, α = 0.8 (recall-heavy).
+    """Eq. 9: r_0 = α·|M∩E|/|E| + (1−α)·|M∩E|/|M∪E|, α = 0.8 (recall-heavy).
 
     memory_ids: ids of the lines the extraction agent kept (M_f); None or empty -> 0.0.
     evidence_ids: the evidence E_q; None or empty -> None ("unavailable", e.g. PersonaMem).
@@ -60,7 +60,7 @@ def extraction_reward(memory_ids, evidence_ids, alpha: float = 0.8) -> float | N
 
 
 def retrieval_reward(retrieved_ids, evidence_ids, beta: float = 0.2) -> float | None:
-    """Eq. 11 (PAPER.md §3): r_2 = β·|E'∩E|/|E| + (1−β)·|E'∩E|/|E'∪E|, β = 0.2 (precision-heavy).
+    """Eq. 11: r_2 = β·|E'∩E|/|E| + (1−β)·|E'∩E|/|E'∪E|, β = 0.2 (precision-heavy).
 
     Same formula and conventions as Eq. 9 (`extraction_reward`), only the weight differs: with
     β = 0.2 the IoU term dominates, so retrieving extra lines costs more than missing one.
@@ -74,19 +74,20 @@ def retrieval_reward(retrieved_ids, evidence_ids, beta: float = 0.2) -> float | 
 
 # ---------------------------------------------------------------- Eq. 10: profile rubric
 
-_TRAILING_PUNCT = ".,;:!?"
+def normalise(text: str) -> str:
+    """Lower-case, punctuation to spaces, whitespace collapsed: the one text normaliser of the project
+    (profile statements in Eq. 10, option texts and letters in Eq. 12 and the answer parser).
 
-
-def _normalise(statement: str) -> str:
-    """Lowercase, collapse whitespace, strip, strip trailing punctuation: 'Likes  Tacos.' -> 'likes tacos'."""
-    s = " ".join(statement.lower().split())
-    return s.rstrip(_TRAILING_PUNCT).strip()
+    >>> normalise("Pet  Cat Milo."), normalise(" (C) "), normalise("something, with jazz!")
+    ('pet cat milo', 'c', 'something with jazz')
+    """
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 
 
 def profile_reward(statements, gold_statements) -> float | None:
-    """Eq. 10 (PAPER.md §3), the default deterministic rubric scorer V(M_c, H) ∈ [0, 1].
+    """Eq. 10, the default deterministic rubric scorer V(M_c, H) ∈ [0, 1].
 
-    PAPER.md DECISION: instead of a frozen LLM judge, score the written statements S against the
+    docs/method.md, decision 4: instead of a frozen LLM judge, score the written statements S against the
     session's ground-truth profile statements G (both normalised and deduplicated):
         correct     = |S ∩ G|
         unsupported = |S \\ G|     (contradicted, or simply not stated in the history)
@@ -101,8 +102,8 @@ def profile_reward(statements, gold_statements) -> float | None:
     """
     if gold_statements is None:
         return None
-    s = {_normalise(x) for x in (statements or ())} - {""}
-    g = {_normalise(x) for x in gold_statements} - {""}
+    s = {normalise(x) for x in (statements or ())} - {""}
+    g = {normalise(x) for x in gold_statements} - {""}
     if not g:
         return 1.0 if not s else 0.0
     correct, unsupported = len(s & g), len(s - g)
@@ -124,7 +125,7 @@ Reply with one number between 0 and 1 (1 = complete and correct)."""
 
 
 def profile_reward_judge(statements, history_text: str, judge_fn: Callable[[str], str]) -> float:
-    """Eq. 10 (PAPER.md §3) with a frozen LLM judge V: the optional alternative to `profile_reward`.
+    """Eq. 10 with a frozen LLM judge V: the optional alternative to `profile_reward`.
 
     `judge_fn(prompt) -> reply` is supplied by the caller (any frozen model). The prompt states the
     paper's three rubrics (scenario, preference, user profile); the first number in the reply is the
@@ -143,13 +144,8 @@ def profile_reward_judge(statements, history_text: str, judge_fn: Callable[[str]
 # ---------------------------------------------------------------- Eq. 12: global reward
 
 
-def _letter(x: str) -> str:
-    """'(C) ' -> 'c': compare option letters whatever the brackets or case."""
-    return x.strip().strip("()").strip().lower()
-
-
 def global_reward(pred_letter: str | None, gold_letter: str) -> float:
-    """Eq. 12 (PAPER.md §3): r_3 = 1[p = p*]. An unparsed answer (None) scores 0.0.
+    """Eq. 12: r_3 = 1[p = p*]. An unparsed answer (None) scores 0.0.
 
     Letters are compared after stripping whitespace and brackets and lowercasing, so '(c)' == 'c'.
 
@@ -158,4 +154,4 @@ def global_reward(pred_letter: str | None, gold_letter: str) -> float:
     """
     if pred_letter is None:
         return 0.0
-    return 1.0 if _letter(pred_letter) == _letter(gold_letter) else 0.0
+    return 1.0 if normalise(pred_letter) == normalise(gold_letter) else 0.0

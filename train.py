@@ -7,7 +7,7 @@
     python train.py --resume --exp-name comam        # continue runs/comam-s1 from its last checkpoint
     python train.py --help                           # every flag
 
-One iteration (PAPER.md Algorithm 1):
+One iteration (the paper's Algorithm 1; `train_step` below):
   1. sample Q queries; for each, G full trajectories extraction -> profile -> retrieval   comam.rollout
   2. local rewards r_0, r_1, r_2 (Eqs. 9-11) and global reward r_3 (Eq. 12)             rewards.py
   3. per query: v_n = NDCG (Eq. 13), w_n = softmax (Eq. 14), r_final (Eq. 15)            credit.integrated_rewards
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,7 +30,8 @@ from tqdm import tqdm
 import agents
 import comam
 from agents import Budgets, Policy
-from cli import autocast, parse_args, resolve_device, seed_everything
+import eval as evaluation
+from cli import autocast, parse_args, replace_folder, resolve_device, seed_everything
 from credit import CREDIT_MODES, VARIANTS, group_advantages, integrated_rewards
 from data.example import Example, read_split
 from data.generate import ensure
@@ -152,7 +152,7 @@ def batch_at(examples: list[Example], step: int, n: int, seed: int) -> list[Exam
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor,
                 clip_eps: float, denom: float, agg: str = "token", ref_logp: torch.Tensor | None = None,
                 kl_beta: float = 0.0) -> tuple[torch.Tensor, dict]:
-    """Clipped group-relative policy-gradient loss of one micro-batch (PAPER.md §5, Eq. 16 objective).
+    """Clipped group-relative policy-gradient loss of one micro-batch (Eq. 16 and the GRPO objective).
 
     Per completion token t of sequence i (all tensors (B, T), adv (B,) broadcast to every token):
         rho   = exp(logp - old_logp)                                  ratio pi_theta / pi_old
@@ -247,12 +247,13 @@ def credit_step(groups: list[list[comam.Trajectory]], args: Args) -> tuple[dict[
       w_spread     mean over groups of max_n w_n - min_n w_n: 0 means equal share
     """
     per_role = {role: [] for role in agents.ROLES}
-    logs = {"v": [], "w": [], "local": [], "global": [], "zero_std": [], "global_flat": [], "w_spread": []}
+    logs = {"v": [], "w": [], "local_rewards": [], "global_reward": [], "zero_std": [], "global_flat": [],
+            "w_spread": []}
     for group in groups:
-        local = np.array([t.local for t in group], dtype=np.float64).T  # (3, G)
-        glob = np.array([t.reward for t in group], dtype=np.float64)  # (G,)
-        r_final, v, w = integrated_rewards(local, glob, args.credit, args.fixed_w, args.credit_variant,
-                                           args.credit_temp)  # (3, G), (3,), (3,)
+        local_rewards = np.array([t.local_rewards for t in group], dtype=np.float64).T  # (3, G)
+        global_rewards = np.array([t.global_reward for t in group], dtype=np.float64)  # (G,)
+        r_final, v, w = integrated_rewards(local_rewards, global_rewards, args.credit, args.fixed_w,
+                                           args.credit_variant, args.credit_temp)  # (3, G), (3,), (3,)
         adv = group_advantages(r_final)  # (3, G)
         for n, role in enumerate(agents.ROLES):
             for t, a in zip(group, adv[n]):
@@ -261,34 +262,16 @@ def credit_step(groups: list[list[comam.Trajectory]], args: Args) -> tuple[dict[
                     per_role[role].append((act.prompt, act.completion, float(a)))
         logs["v"].append(v)
         logs["w"].append(w)
-        logs["local"].append(np.nanmean(local, axis=1) if not np.isnan(local).all() else np.full(3, np.nan))
-        logs["global"].append(glob.mean())
+        logs["local_rewards"].append(np.nanmean(local_rewards, axis=1) if not np.isnan(local_rewards).all()
+                                     else np.full(3, np.nan))
+        logs["global_reward"].append(global_rewards.mean())
         logs["zero_std"].append((np.abs(adv).sum(axis=1) == 0))
-        logs["global_flat"].append(float(np.all(glob == glob[0])))
+        logs["global_flat"].append(float(np.all(global_rewards == global_rewards[0])))
         logs["w_spread"].append(float(w.max() - w.min()))
     return per_role, {k: np.mean(np.stack(v), axis=0) for k, v in logs.items()}
 
 
-# ======================================================================== plumbing: checkpoints
-
-def save_checkpoint(run: Path, policies: dict[str, Policy], opts: dict, step: int, args: Args) -> None:
-    """Write run/ckpt atomically: everything goes to ckpt.tmp, which is then renamed into place."""
-    tmp, final = run / "ckpt.tmp", run / "ckpt"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    for role, pol in unique(policies).items():
-        pol.model.save_pretrained(tmp / role)
-        pol.tokenizer.save_pretrained(tmp / role)
-        torch.save(opts[role].state_dict(), tmp / role / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, "args": asdict(args)}, indent=2))
-    old = run / "ckpt.old"
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    if old.exists():
-        shutil.rmtree(old)
-
+# ======================================================================== plumbing: optimizers, checkpoints, the run folder
 
 def unique(policies: dict[str, Policy]) -> dict[str, Policy]:
     """role -> policy, each distinct policy once (under its first role)."""
@@ -305,11 +288,19 @@ def make_optimizers(policies: dict[str, Policy], lr: float) -> dict:
             for role, pol in unique(policies).items()}
 
 
-# ======================================================================== main loop
+def save_checkpoint(run: Path, policies: dict[str, Policy], opts: dict, step: int, args: Args) -> None:
+    """Write run/ckpt atomically (cli.replace_folder): the policies, their optimizer states, the step."""
+    def write(tmp: Path) -> None:
+        for role, pol in unique(policies).items():
+            pol.model.save_pretrained(tmp / role)
+            pol.tokenizer.save_pretrained(tmp / role)
+            torch.save(opts[role].state_dict(), tmp / role / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps({"step": step, "args": asdict(args)}, indent=2))
+    replace_folder(run / "ckpt", write)
 
-def main(args: Args) -> dict:
-    import eval as evaluation  # eval.py (the module name shadows the builtin only inside this function)
 
+def check_args(args: Args) -> None:
+    """Flags whose values are checked before anything is loaded or written."""
     if args.credit not in CREDIT_MODES:
         raise SystemExit(f"--credit must be one of {CREDIT_MODES}, got {args.credit!r}")
     if args.credit_variant not in VARIANTS:
@@ -318,112 +309,141 @@ def main(args: Args) -> dict:
         raise SystemExit(f"--credit-temp must be > 0, got {args.credit_temp}")
     if args.mode not in ("joint", "independent"):
         raise SystemExit(f"--mode must be joint or independent, got {args.mode!r}")
-    device = resolve_device(args.device)
-    seed_everything(args.seed)
-    run = Path(args.out) / f"{args.exp_name}-s{args.seed}"
-    folder = ensure(args.data, args.train_users)
-    train_set = [ex for ex in read_split(folder, "train") if ex.evidence_session is not None]
-    val_set = evaluation.subset_users(read_split(folder, "val"), args.eval_users)
 
-    start = 0
-    if args.resume:
-        state_file = run / "ckpt" / "state.json"
-        if not state_file.exists():
-            raise SystemExit(f"--resume: no checkpoint at {state_file}")
-        start = json.loads(state_file.read_text())["step"]
-        policies = load_policies(args, device, run / "ckpt")
-        opts = make_optimizers(policies, args.lr)
-        for role, opt in opts.items():
-            opt.load_state_dict(torch.load(run / "ckpt" / role / "optimizer.pt", map_location=device))
-        print(f"resuming {run} at step {start}")
-    else:
+
+def open_run(args: Args, device: str) -> tuple[Path, dict, dict, int]:
+    """The run folder, its policies and optimizers, and the step to start from (0, or the checkpoint's)."""
+    run = Path(args.out) / f"{args.exp_name}-s{args.seed}"
+    if not args.resume:
         if run.exists():
             raise SystemExit(f"{run} exists: pass --resume to continue it, or another --exp-name / --seed")
         policies = load_policies(args, device)
-        opts = make_optimizers(policies, args.lr)
         run.mkdir(parents=True)
         (run / "args.json").write_text(json.dumps(asdict(args), indent=2))
+        return run, policies, make_optimizers(policies, args.lr), 0
+    state_file = run / "ckpt" / "state.json"
+    if not state_file.exists():
+        raise SystemExit(f"--resume: no checkpoint at {state_file}")
+    start = json.loads(state_file.read_text())["step"]
+    policies = load_policies(args, device, run / "ckpt")
+    opts = make_optimizers(policies, args.lr)
+    for role, opt in opts.items():
+        opt.load_state_dict(torch.load(run / "ckpt" / role / "optimizer.pt", map_location=device))
+    log_path = run / "log.jsonl"
+    if log_path.exists():  # drop log lines of steps after the checkpoint (a killed run)
+        kept = [l for l in log_path.read_text().splitlines() if json.loads(l).get("step", 0) <= start]
+        log_path.write_text("".join(l + "\n" for l in kept))
+    print(f"resuming {run} at step {start}")
+    return run, policies, opts, start
+
+
+def validate(policies, val_set, limits, args: Args, run: Path, tag: str) -> dict:
+    """Evaluate as deployed on the validation users (eval.evaluate) and append the result to eval.jsonl."""
+    res = evaluation.evaluate(policies, val_set, *limits, temperature=args.eval_temperature, seed=args.seed,
+                              desc=f"eval {tag}")
+    with open(run / "eval.jsonl", "a") as f:
+        f.write(json.dumps({"tag": tag, **res}) + "\n")
+    print(f"[{tag}] validation accuracy {res['accuracy']:.3f}  " +
+          "  ".join(f"{k}={v:.3f}" for k, v in res["local"].items() if v is not None))
+    return res
+
+
+def logged_evaluation(run: Path, tag: str) -> dict | None:
+    """An evaluation this run logged before it was interrupted (the warm start's, on --resume)."""
+    path = run / "eval.jsonl"
+    rows = [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []
+    return next(({k: v for k, v in r.items() if k != "tag"} for r in rows if r["tag"] == tag), None)
+
+
+def log_row(step: int, roles: list[str], groups, credit_log: dict, stats: dict, seconds: dict) -> dict:
+    """One line of log.jsonl: rewards, credit, format failures, lengths, update statistics, speed."""
+    trajs = [t for g in groups for t in g]
+    per_role = lambda key, values: {f"{key}_{r}": float(v) for r, v in zip(agents.ROLES, values)}
+    gen_tokens = sum(len(a.completion) for t in trajs for a in t.actions.values())
+    upd_tokens = sum(s["tokens"] for s in stats.values())
+    return {"step": step, "trained": roles, "global_reward": float(credit_log["global_reward"]),
+            **per_role("local", credit_log["local_rewards"]), **per_role("v", credit_log["v"]),
+            **per_role("w", credit_log["w"]), **per_role("zero_std", credit_log["zero_std"]),
+            "global_flat": float(credit_log["global_flat"]), "w_spread": float(credit_log["w_spread"]),
+            **per_role("format_fail", [np.mean([not t.actions[r].ok for t in trajs]) for r in agents.ROLES]),
+            **per_role("len", [np.mean([len(t.actions[r].completion) for t in trajs]) for r in agents.ROLES]),
+            **{f"{k}_{r}": v for r, s in stats.items() for k, v in s.items() if k != "tokens"},
+            "gen_tok_s": gen_tokens / max(seconds["rollout"], 1e-9),
+            "upd_tok_s": upd_tokens / max(seconds["update"], 1e-9), "step_s": seconds["step"]}
+
+
+def console_line(row: dict, stats: dict) -> str:
+    return (f"step {row['step']:4d} | global {row['global_reward']:.3f} | local " +
+            " ".join(f"{row['local_' + r]:.3f}" for r in agents.ROLES) + " | w " +
+            " ".join(f"{row['w_' + r]:.2f}" for r in agents.ROLES) +
+            f" | kl {np.mean([s['kl'] for s in stats.values()]):.4f} clip "
+            f"{np.mean([s['clip_frac'] for s in stats.values()]):.3f} | {row['step_s']:.2f}s")
+
+
+# ======================================================================== Algorithm 1: one iteration
+
+def update_policies(policies: dict[str, Policy], opts: dict, per_role: dict, roles: list[str], args: Args,
+                    device: str, refs: dict) -> dict:
+    """One GRPO update of every trained policy; a shared policy gets the three roles' batches together."""
+    stats = {}
+    for owner, pol in unique(policies).items():
+        batch = [x for r in roles if policies[r] is pol for x in per_role[r]]
+        if batch:
+            stats[owner] = grpo_update(pol, opts[owner], batch, args, device, refs.get(owner))
+    return stats
+
+
+def train_step(step: int, policies: dict[str, Policy], opts: dict, refs: dict, train_set: list[Example],
+               limits: tuple, args: Args, device: str) -> tuple[dict, dict]:
+    """Algorithm 1, one iteration: rollout -> rewards -> credit -> update. Returns (log row, update stats)."""
+    t0 = time.time()
+    gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)  # this step's sampling randomness
+    queries = batch_at(train_set, step, args.queries, args.seed)
+    for p in unique(policies).values():
+        p.model.eval()
+    with autocast(device):  # 1-2. G full trajectories per query, each scored by Eqs. 9-12
+        groups = comam.rollout(policies, queries, args.group_size, *limits, args.temperature, gen)
+    t1 = time.time()
+    per_role, credit_log = credit_step(groups, args)  # 3-4. Eqs. 13-16: credit, advantages
+    roles = trained_roles(args, step)
+    stats = update_policies(policies, opts, per_role, roles, args, device, refs)  # 5. clipped update
+    seconds = {"rollout": t1 - t0, "update": time.time() - t1, "step": time.time() - t0}
+    return log_row(step + 1, roles, groups, credit_log, stats, seconds), stats
+
+
+def main(args: Args) -> dict:
+    check_args(args)
+    device = resolve_device(args.device)
+    seed_everything(args.seed)
+    folder = ensure(args.data, args.train_users)
+    train_set = [ex for ex in read_split(folder, "train") if ex.evidence_session is not None]
+    val_set = evaluation.subset_users(read_split(folder, "val"), args.eval_users)
+    run, policies, opts, start = open_run(args, device)
     refs = {role: Policy(copy.deepcopy(p.model).eval().requires_grad_(False), p.tokenizer, p.name)
             for role, p in unique(policies).items()} if args.kl_beta > 0 else {}
     budgets, max_new, scale = agents.fit_limits(policies["extraction"], train_set, args.scale)
     print(f"context limits ({'derived: ' if args.scale <= 0 else ''}{scale:.3f} tokens per word): {budgets}, {max_new}")
-    log_path = run / "log.jsonl"
-    if args.resume and log_path.exists():  # drop log lines of steps after the checkpoint (a killed run)
-        kept = [l for l in log_path.read_text().splitlines() if json.loads(l).get("step", 0) <= start]
-        log_path.write_text("".join(l + "\n" for l in kept))
+    limits = (budgets, max_new)
 
-    def evaluate(tag: str) -> dict:
-        res = evaluation.evaluate(policies, val_set, budgets, max_new, temperature=args.eval_temperature,
-                                  seed=args.seed, desc=f"eval {tag}")
-        with open(run / "eval.jsonl", "a") as f:
-            f.write(json.dumps({"tag": tag, **res}) + "\n")
-        print(f"[{tag}] validation accuracy {res['accuracy']:.3f}  " +
-              "  ".join(f"{k}={v:.3f}" for k, v in res["local"].items() if v is not None))
-        return res
-
-    if start == 0:
-        before = evaluate("no-train")
-    else:  # the warm-start evaluation of this run was logged before it was interrupted
-        logged = [json.loads(l) for l in (run / "eval.jsonl").read_text().splitlines()] if (run / "eval.jsonl").exists() else []
-        before = next(({k: v for k, v in e.items() if k != "tag"} for e in logged if e["tag"] == "no-train"), None)
-    gen = torch.Generator()
+    before = validate(policies, val_set, limits, args, run, "no-train") if start == 0 else \
+        logged_evaluation(run, "no-train")
     bar = tqdm(range(start, args.steps), desc=args.exp_name, dynamic_ncols=True, initial=start, total=args.steps)
     for step in bar:
-        t0 = time.time()
-        gen.manual_seed(args.seed * 1_000_003 + step)  # sampling randomness of this step, resumable
-        queries = batch_at(train_set, step, args.queries, args.seed)
-        for p in unique(policies).values():
-            p.model.eval()
-        with autocast(device):
-            groups = comam.rollout(policies, queries, args.group_size, budgets, max_new, args.temperature, gen)
-        t_gen = time.time() - t0
-        gen_tokens = sum(len(a.completion) for g in groups for t in g for a in t.actions.values())
-        per_role, clog = credit_step(groups, args)
-
-        # ---- update every trained policy (a shared policy gets the three roles' batches together)
-        t1 = time.time()
-        roles = trained_roles(args, step)
-        stats = {}
-        for owner, pol in unique(policies).items():
-            mine = [r for r in roles if policies[r] is pol]
-            batch = [x for r in mine for x in per_role[r]]
-            if not batch:
-                continue
-            stats[owner] = grpo_update(pol, opts[owner], batch, args, device, refs.get(owner))
-        t_upd = time.time() - t1
-        upd_tokens = sum(s["tokens"] for s in stats.values())
-
-        trajs = [t for g in groups for t in g]
-        row = {"step": step + 1, "trained": roles, "global_reward": float(clog["global"]),
-               **{f"local_{r}": float(clog["local"][n]) for n, r in enumerate(agents.ROLES)},
-               **{f"v_{r}": float(clog["v"][n]) for n, r in enumerate(agents.ROLES)},
-               **{f"w_{r}": float(clog["w"][n]) for n, r in enumerate(agents.ROLES)},
-               **{f"zero_std_{r}": float(clog["zero_std"][n]) for n, r in enumerate(agents.ROLES)},
-               "global_flat": float(clog["global_flat"]), "w_spread": float(clog["w_spread"]),
-               **{f"format_fail_{r}": float(np.mean([not t.actions[r].ok for t in trajs])) for r in agents.ROLES},
-               **{f"len_{r}": float(np.mean([len(t.actions[r].completion) for t in trajs])) for r in agents.ROLES},
-               **{f"{k}_{r}": v for r, s in stats.items() for k, v in s.items() if k != "tokens"},
-               "gen_tok_s": gen_tokens / max(t_gen, 1e-9), "upd_tok_s": upd_tokens / max(t_upd, 1e-9),
-               "step_s": time.time() - t0}
-        with open(log_path, "a") as f:
+        row, stats = train_step(step, policies, opts, refs, train_set, limits, args, device)
+        with open(run / "log.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
-        bar.set_postfix(r3=f"{row['global_reward']:.2f}", r0=f"{row['local_extraction']:.2f}",
-                        r1=f"{row['local_profile']:.2f}", r2=f"{row['local_retrieval']:.2f}")
-        tqdm.write(f"step {step + 1:4d} | r3 {row['global_reward']:.3f} | r0 {row['local_extraction']:.3f} "
-                   f"r1 {row['local_profile']:.3f} r2 {row['local_retrieval']:.3f} | w " +
-                   " ".join(f"{row['w_' + r]:.2f}" for r in agents.ROLES) +
-                   f" | kl {np.mean([s['kl'] for s in stats.values()]):.4f} clip "
-                   f"{np.mean([s['clip_frac'] for s in stats.values()]):.3f} | {row['step_s']:.2f}s")
+        bar.set_postfix(glob=f"{row['global_reward']:.2f}")
+        tqdm.write(console_line(row, stats))
         if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
             save_checkpoint(run, policies, opts, step + 1, args)
         if args.eval_every and (step + 1) % args.eval_every == 0 and step + 1 < args.steps:
-            evaluate(f"step-{step + 1}")
+            validate(policies, val_set, limits, args, run, f"step-{step + 1}")
 
-    after = evaluate("final")
+    after = validate(policies, val_set, limits, args, run, "final")
     summary = {"run": str(run), "no_train": before, "final": after}
     (run / "summary.json").write_text(json.dumps(summary, indent=2))
     if before is not None:
-        print(evaluation.format_comparison({"no train (warm start)": before, "CoMAM-trained": after}))
+        print(evaluation.comparison_table({"no train (warm start)": [before], "CoMAM-trained": [after]}, local=True))
     return summary
 
 

@@ -6,13 +6,13 @@
     python warmstart.py --model path/to/hf-model --out checkpoints/mine-warmstart
 
 The tiny model starts from random weights, so before reinforcement learning each agent must learn its
-output format. Demonstrations come from the generator's ground truth (PAPER.md §8):
+output format. Demonstrations come from the generator's ground truth (docs/method.md, decision 13):
   extraction: the local numbers of the session's informative lines       "2 6 9"
   profile:    the statements those lines support                          "pet cat milo ; likes jazz"
   retrieval:  the evidence line numbers and the gold option's text        "<information> 3 </information>
                                                                            <final_answer> milo </final_answer>"
 The demonstrations are *noisy on purpose* (flags `--noise-*`): a line dropped or added, a statement
-dropped, and a wrong option as the answer `--noise-answer` of the time. PAPER.md §8 measured that RL
+dropped, and a wrong option as the answer `--noise-answer` of the time. We measured that RL
 quickly sharpens a policy that already produces the right answer among its samples (noisy
 demonstrations: +17 points greedy in 200 steps) but barely moves an under-trained one; so the warm
 start teaches every format and the skill, with room left for RL.
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -44,9 +43,9 @@ import agents
 import comam
 import rewards
 from agents import Budgets, MaxNew, Policy
-from cli import autocast, parse_args, resolve_device, seed_everything
+from cli import autocast, parse_args, replace_folder, resolve_device, seed_everything
 from data.example import Example, Line, read_split
-from data.generate import ensure
+from data.generate import ensure, vocabulary_texts
 
 
 @dataclass
@@ -223,22 +222,8 @@ def start_policy(args: Args, train: list[Example], device: str) -> Policy:
         return agents.load_policy(args.init_from, agents.ROLES[0], device)
     if args.model != "tiny":
         return agents.load_policy(args.model, agents.ROLES[0], device)
-    tok = agents.build_tokenizer(tiny_tokenizer_texts(train))
+    tok = agents.build_tokenizer(vocabulary_texts(train))
     return Policy(agents.build_tiny(tok, args.hidden, args.layers, seed=args.seed).to(device), tok, "tiny")
-
-
-def tiny_tokenizer_texts(examples: list[Example]) -> list[str]:
-    """Every text the benchmark can show: history lines, questions, options, profile statements."""
-    from data import generate as G
-    texts = [l.text for ex in examples for l in ex.lines] + [o for ex in examples for o in ex.options]
-    texts += [ex.question for ex in examples] + [st for ex in examples for s in ex.sessions for st in (s.profile or [])]
-    # the generator's word lists, so that validation / test users never meet an unknown word
-    texts += G.PET_KINDS + G.NAMES + G.CITIES + G.JOBS + G.SIBLINGS + [" ".join(v[1]) for v in G.TOPICS.values()]
-    texts += [r for pair in G.REASONS for r in pair] + G.SMALL_TALK_USER + G.SMALL_TALK_ASSISTANT
-    texts += [" ".join(v) for v in G.FILL.values()] + [w for t in G.TOPICS for w in (t, G.TOPICS[t][0])]
-    texts += [t for ts in G.FACT_TEMPLATES.values() for t in ts] + G.LIKE_TEMPLATES + G.DISLIKE_TEMPLATES
-    texts += G.CHANGE_TEMPLATES + ["used to like likes dislikes pet hometown job"]
-    return texts
 
 
 def main(args: Args) -> dict:
@@ -260,20 +245,17 @@ def main(args: Args) -> dict:
         val = read_split(folder, "val")
         probes = random.Random(args.seed).sample(val, min(args.probe_size, len(val)))
     losses, probe_log = clone(policy, train, args, budgets, max_new, probes, device)
-    tmp = out.parent / (out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    for role in agents.ROLES:  # three separate policies, identical at the start
-        policy.model.save_pretrained(tmp / role)
-        policy.tokenizer.save_pretrained(tmp / role)
     previous = Path(args.init_from) / "warmstart.json" if args.init_from else None
     report = {"args": asdict(args), "seconds": round(time.time() - t0, 1), "probe": probe_log,
               "continued_from": json.loads(previous.read_text()) if previous and previous.exists() else None,
               "final_loss": {r: sum(l[-20:]) / max(1, len(l[-20:])) for r, l in losses.items()}}
-    (tmp / "warmstart.json").write_text(json.dumps(report, indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)  # written whole, then renamed into place
+
+    def write(tmp: Path) -> None:
+        for role in agents.ROLES:  # three separate policies, identical at the start
+            policy.model.save_pretrained(tmp / role)
+            policy.tokenizer.save_pretrained(tmp / role)
+        (tmp / "warmstart.json").write_text(json.dumps(report, indent=2))
+    replace_folder(out, write)
     print(f"warm start written to {out} in {report['seconds']:.0f}s; final losses {report['final_loss']}")
     return report
 

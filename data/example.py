@@ -3,7 +3,7 @@
 A user's history is a list of `Session`s; each session is a list of numbered `Line`s. Line ids are
 global inside one user's history (0, 1, 2, ... across all sessions), so that the evidence E_q of a
 question, the extraction agent's memory M_f and the retrieval agent's E'_q are all sets of the same
-integers and Eq. 9 / Eq. 11 (PAPER.md §3) are exact set operations.
+integers and Eq. 9 / Eq. 11 are exact set operations (docs/method.md, decision 1).
 
 On disk (one split = two files, both UTF-8 JSONL, one JSON object per line):
 
@@ -29,7 +29,7 @@ from pathlib import Path
 
 LETTERS = "abcd"
 
-# PersonaMem's seven question types (PAPER.md §6), spelled as in its CSV files.
+# PersonaMem's seven question types, spelled as in its CSV files.
 QUESTION_TYPES = (
     "recalling_facts_mentioned_by_the_user",
     "identifying_new_things_not_mentioned_by_the_user",
@@ -132,15 +132,25 @@ def _field(row: dict, name: str, where: str):
     return row[name]
 
 
-def _read_jsonl(path: Path):
-    with open(path, encoding="utf-8") as f:
-        for lineno, text in enumerate(f, 1):
+def read_jsonl(path: str | Path):
+    """Yield (where, object) for each non-empty line of a UTF-8 JSONL file; where = "path:line".
+
+    A line that is not valid UTF-8 or not valid JSON raises ValueError naming the file and line.
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            where = f"{path}:{lineno}"
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{where}: not valid UTF-8 (byte {e.start + 1} of the line)") from None
             if not text.strip():
                 continue
             try:
-                yield lineno, json.loads(text)
+                yield where, json.loads(text)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+                raise ValueError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
 
 
 def read_split(directory: str | Path, split: str) -> list[Example]:
@@ -148,8 +158,7 @@ def read_split(directory: str | Path, split: str) -> list[Example]:
     directory = Path(directory)
     histories: dict[str, tuple[str, list[Session]]] = {}
     hpath = directory / f"{split}_histories.jsonl"
-    for lineno, row in _read_jsonl(hpath):
-        where = f"{hpath}:{lineno}"
+    for where, row in read_jsonl(hpath):
         sessions = []
         for s in _field(row, "sessions", where):
             lines = [Line(int(_field(l, "id", where)), int(_field(s, "index", where)),
@@ -161,8 +170,7 @@ def read_split(directory: str | Path, split: str) -> list[Example]:
         histories[_field(row, "user", where)] = (row.get("setting", ""), sessions)
     qpath = directory / f"{split}_questions.jsonl"
     examples = []
-    for lineno, row in _read_jsonl(qpath):
-        where = f"{qpath}:{lineno}"
+    for where, row in read_jsonl(qpath):
         user = _field(row, "user", where)
         if user not in histories:
             raise ValueError(f"{where}: user '{user}' has no history in {hpath}")

@@ -6,10 +6,10 @@
 Each user has facts (pet, hometown, job, sibling) and likes / dislikes over several topics; some
 likes change in a later session *with a stated reason* ("i used to love jazz but since i joined a
 choir i prefer opera now ."). Sessions mix these lines with small talk and assistant turns, so not
-every line matters. Every question is one of PersonaMem's seven types (PAPER.md §6), has four
+every line matters. Every question is one of PersonaMem's seven types, has four
 options (gold + distractors: a stale preference, a value never mentioned, another user's value),
 and carries E_q: the ids of the exact history lines that support its answer, all inside one
-session (`evidence_session`), which is the history H the agents see in training (PAPER.md §2).
+session (`evidence_session`), which is the history H the agents see in training (Sec. 4.2, App. B.1).
 
 History settings small / medium / large (4 / 8 / 16 sessions) mirror PersonaMem's 32K / 128K / 1M:
 the same kinds of events are spread over more sessions with more small talk in between.
@@ -300,6 +300,20 @@ def generate(n_users: int, seed: int, prefix: str = "u", start: int = 0) -> list
         for k, (qtype, q, opts, gold, ev, es) in enumerate(_questions(rng, user, facts, placed, other, _mentioned(facts))):
             examples.append(Example(f"{user}-q{k}", user, qtype, q, opts, gold, sessions, ev, es, setting))
     return examples
+
+
+def vocabulary_texts(examples: list[Example]) -> list[str]:
+    """Every text the benchmark can show: history lines, questions, options, profile statements, and
+    the generator's word lists (so that validation / test users never meet a word the tiny tokenizer
+    lacks). The tiny word-level tokenizer is built from these (agents.build_tokenizer)."""
+    texts = [l.text for ex in examples for l in ex.lines] + [o for ex in examples for o in ex.options]
+    texts += [ex.question for ex in examples] + [st for ex in examples for s in ex.sessions for st in (s.profile or [])]
+    texts += PET_KINDS + NAMES + CITIES + JOBS + SIBLINGS + [" ".join(v[1]) for v in TOPICS.values()]
+    texts += [r for pair in REASONS for r in pair] + SMALL_TALK_USER + SMALL_TALK_ASSISTANT
+    texts += [" ".join(v) for v in FILL.values()] + [w for t in TOPICS for w in (t, TOPICS[t][0])]
+    texts += [t for ts in FACT_TEMPLATES.values() for t in ts] + LIKE_TEMPLATES + DISLIKE_TEMPLATES
+    texts += CHANGE_TEMPLATES + ["used to like likes dislikes pet hometown job"]
+    return texts
 
 
 def generate_splits(out: str | Path, train_users: int = 300, val_users: int = 48, test_users: int = 48,

@@ -1,4 +1,4 @@
-"""Loader for PersonaMem (Jiang et al. 2025) question CSVs + shared-context JSONL files (PAPER.md §7).
+"""Loader for PersonaMem (Jiang et al. 2025) question CSVs + shared-context JSONL files.
 
     load_personamem(questions_csv, contexts_jsonl, setting="") -> list[Example]
     summary(examples) -> dict
@@ -16,7 +16,7 @@ Format
   a message being {"role": "system"|"user"|"assistant", "content": str}.
 
 History
-- The history visible to a question is `messages[:end_index_in_shared_context]`, PAPER.md §7 read
+- The history visible to a question is `messages[:end_index_in_shared_context]`, read
   literally ("the messages before end_index"). Note: in the real 128k sample the end index is the index
   of the context's LAST message (697 for a 698-message context), so this rule drops only that final
   message (an assistant turn); everything else is visible. An end index may be 0..len(messages).
@@ -36,13 +36,12 @@ from __future__ import annotations
 
 import ast
 import csv
-import json
 import re
 import sys
 from collections import Counter
 from pathlib import Path
 
-from data.example import LETTERS, Example, Line, Session
+from data.example import LETTERS, Example, Line, Session, read_jsonl
 
 REQUIRED_COLUMNS = (
     "question_id", "question_type", "question", "correct_answer", "all_options",
@@ -102,27 +101,18 @@ def _check_messages(messages, where: str) -> list[dict]:
 def read_contexts(path: str | Path, keep: set[str] | None = None) -> dict[str, list[dict]]:
     """Read a shared-contexts JSONL file: {context_id: [message, ...]}. With `keep`, only those ids are
     held in memory (all lines are still parsed and checked)."""
-    path = Path(path)
     contexts: dict[str, list[dict]] = {}
-    seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, text in enumerate(f, 1):
-            if not text.strip():
-                continue
-            where = f"{path}: line {lineno}"
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(obj, dict) or not obj:
-                raise ValueError(f"{where}: expected a JSON object {{context_id: [messages]}}")
-            for cid, messages in obj.items():
-                if cid in seen:
-                    raise ValueError(f"{where}: context id {cid!r} already defined on line {seen[cid]}")
-                seen[cid] = lineno
-                messages = _check_messages(messages, f"{where}: context {cid[:16]!r}")
-                if keep is None or cid in keep:
-                    contexts[cid] = messages
+    seen: dict[str, str] = {}
+    for where, obj in read_jsonl(path):
+        if not isinstance(obj, dict) or not obj:
+            raise ValueError(f"{where}: expected a JSON object {{context_id: [messages]}}")
+        for cid, messages in obj.items():
+            if cid in seen:
+                raise ValueError(f"{where}: context id {cid!r} already defined at {seen[cid]}")
+            seen[cid] = where
+            messages = _check_messages(messages, f"{where}: context {cid[:16]!r}")
+            if keep is None or cid in keep:
+                contexts[cid] = messages
     return contexts
 
 

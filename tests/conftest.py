@@ -22,8 +22,8 @@ def toy_train(toy_data):
 
 @pytest.fixture(scope="session")
 def toy_tokenizer(toy_train):
-    from warmstart import tiny_tokenizer_texts
-    return agents.build_tokenizer(tiny_tokenizer_texts(toy_train))
+    from data.generate import vocabulary_texts
+    return agents.build_tokenizer(vocabulary_texts(toy_train))
 
 
 @pytest.fixture

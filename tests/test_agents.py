@@ -156,3 +156,12 @@ def test_shipped_checkpoint_follows_every_format():
     assert tags >= 0.9, texts  # the output format: both tag pairs
     chosen = sum(t.answer is not None for t in trajs) / len(trajs)
     assert chosen >= 0.75, texts  # an answer that is one of the options (else: a made-up value)
+
+
+def test_fit_keeps_the_leading_or_the_newest_texts(toy_policy):
+    """The worked example of agents.fit: 3, 4 and 2 words cost 7, 8 and 6 tokens with the "[k]" prefix."""
+    texts = ["i have a", "i have a cat", "i have"]
+    assert agents.fit(toy_policy, texts, 12) == [0]
+    assert agents.fit(toy_policy, texts, 12, newest=True) == [2]
+    assert agents.fit(toy_policy, texts, 14, newest=True) == [1, 2]
+    assert agents.fit(toy_policy, texts, 21) == [0, 1, 2] and agents.fit(toy_policy, [], 10) == []

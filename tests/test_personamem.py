@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 from pathlib import Path
 
@@ -24,7 +25,8 @@ QCSV = FIXTURES / "questions_fixture.csv"
 CJSONL = FIXTURES / "shared_contexts_fixture.jsonl"
 CTX_A = "7e3b9d1c2a4f6e8b0c1d3e5f7a9b2c4d6e8f0a1b3c5d7e9f1a2b4c6d8e0f1a2b"
 CTX_B = "4c0a8e2f6b1d9c3e7a5f0b2d4e6c8a1f3b5d7e9c0a2f4b6d8e1c3a5f7b9d0e2c"
-REAL = Path(__file__).resolve().parents[2] / "shared/data/personamem_128k"
+# the real 128k sample (questions_128k.csv, shared_contexts_128k.jsonl): $PERSONAMEM_DIR, else beside the checkout
+REAL = Path(os.environ.get("PERSONAMEM_DIR", Path(__file__).resolve().parents[2] / "shared/data/personamem_128k"))
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +237,7 @@ def test_bad_json_line(tmp_path):
     lines = CJSONL.read_text(encoding="utf-8").splitlines()
     path = tmp_path / "bad_contexts.jsonl"
     path.write_text(lines[0] + "\n\n" + lines[1][:-3] + "\n", encoding="utf-8")  # line 3, truncated
-    with pytest.raises(ValueError, match=r"bad_contexts\.jsonl: line 3: not valid JSON"):
+    with pytest.raises(ValueError, match=r"bad_contexts\.jsonl:3: not valid JSON"):
         load_personamem(QCSV, path)
 
 
@@ -246,7 +248,7 @@ def test_message_missing_field(tmp_path, drop):
     del obj[CTX_B][3][drop]
     path = tmp_path / "bad_contexts.jsonl"
     path.write_text(lines[0] + "\n" + json.dumps(obj) + "\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"bad_contexts\.jsonl: line 2: .*message 3 .*'role' and 'content'"):
+    with pytest.raises(ValueError, match=r"bad_contexts\.jsonl:2: .*message 3 .*'role' and 'content'"):
         load_personamem(QCSV, path)
 
 
@@ -256,7 +258,7 @@ def test_unknown_role(tmp_path):
     obj[CTX_A][2]["role"] = "tool"
     path = tmp_path / "bad_contexts.jsonl"
     path.write_text(json.dumps(obj) + "\n" + lines[1] + "\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"bad_contexts\.jsonl: line 1: .*message 2 has unknown role 'tool'"):
+    with pytest.raises(ValueError, match=r"bad_contexts\.jsonl:1: .*message 2 has unknown role 'tool'"):
         load_personamem(QCSV, path)
 
 

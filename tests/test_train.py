@@ -134,8 +134,8 @@ def varied_rewards(monkeypatch):
 
     def score(self):
         ids = [sum(a.completion) for a in self.actions.values()]
-        self.local = [(x % 7) / 7 for x in ids]
-        self.reward = float(sum(ids) % 2)
+        self.local_rewards = [(x % 7) / 7 for x in ids]
+        self.global_reward = float(sum(ids) % 2)
 
     monkeypatch.setattr(comam.Trajectory, "score", score)
 
@@ -219,7 +219,8 @@ def test_credit_step_diagnostics_hand_worked():
     """Two groups of G = 2: one with constant global reward (flat), one where agent 0 ranks it perfectly."""
     def traj(local, reward):
         act = comam.Action(prompt=[1], completion=[2], logprobs=[0.0], text="x", ok=True)
-        return comam.Trajectory(example=None, actions={r: act for r in agents.ROLES}, local=local, reward=reward)
+        return comam.Trajectory(example=None, actions={r: act for r in agents.ROLES},
+                                local_rewards=local, global_reward=reward)
 
     flat = [traj([0.2, 0.5, 0.9], 1.0), traj([0.8, 0.1, 0.3], 1.0)]  # v = 1, 1, 1 -> w = 1/3 each
     # agent 0 ranks the success first (v = 1); agents 1 and 2 rank it last (v = 1/log2(3) = 0.6309)
