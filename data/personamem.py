@@ -29,18 +29,20 @@ History
 - Questions over the same (context, end index) share the same `Session` objects (one history in memory).
 - PersonaMem has no evidence annotations: `evidence` and `evidence_session` are None.
 
-Every error is a ValueError that names the file, the CSV data row (1-based, with its starting line in
+Every error is an InputError (a ValueError) that names the file, the CSV data row (1-based, with its starting line in
 the file) or the JSONL line, and the offending field.
 """
 from __future__ import annotations
 
 import ast
 import csv
+import io
 import re
 import sys
 from collections import Counter
 from pathlib import Path
 
+from cli import InputError, handled
 from data.example import LETTERS, Example, Line, Session, read_jsonl
 
 REQUIRED_COLUMNS = (
@@ -59,18 +61,18 @@ def parse_options(cell: str, where: str) -> list[str]:
     try:
         value = ast.literal_eval(cell)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as e:
-        raise ValueError(f"{where}: field 'all_options' is not a Python-literal list "
+        raise InputError(f"{where}: field 'all_options' is not a Python-literal list "
                          f"({type(e).__name__}): {cell[:80]!r}") from None
     if not isinstance(value, list) or len(value) != 4 or not all(isinstance(o, str) for o in value):
         kind = f"a list of {len(value)} items" if isinstance(value, list) else type(value).__name__
-        raise ValueError(f"{where}: field 'all_options' must be a list of exactly 4 strings, got {kind}")
+        raise InputError(f"{where}: field 'all_options' must be a list of exactly 4 strings, got {kind}")
     options = []
     for i, option in enumerate(value):
         option = option.strip()
         m = _OPTION_PREFIX.match(option)
         if m:
             if m.group(1) != LETTERS[i]:
-                raise ValueError(f"{where}: field 'all_options': option {i + 1} is labelled "
+                raise InputError(f"{where}: field 'all_options': option {i + 1} is labelled "
                                  f"'({m.group(1)})', expected '({LETTERS[i]})'")
             option = option[m.end():].strip()
         options.append(option)
@@ -81,7 +83,7 @@ def parse_answer(cell: str, where: str) -> str:
     """"(c)" / "c" / " (c) " -> "c"."""
     m = _ANSWER.match(cell.strip())
     if not m:
-        raise ValueError(f"{where}: field 'correct_answer' must be one of (a)-(d), got {cell!r}")
+        raise InputError(f"{where}: field 'correct_answer' must be one of (a)-(d), got {cell!r}")
     return m.group(1)
 
 
@@ -89,12 +91,12 @@ def parse_answer(cell: str, where: str) -> str:
 
 def _check_messages(messages, where: str) -> list[dict]:
     if not isinstance(messages, list):
-        raise ValueError(f"{where}: a context must map to a list of messages, got {type(messages).__name__}")
+        raise InputError(f"{where}: a context must map to a list of messages, got {type(messages).__name__}")
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            raise ValueError(f"{where}: message {i} must be an object with string 'role' and 'content'")
+            raise InputError(f"{where}: message {i} must be an object with string 'role' and 'content'")
         if m["role"] not in _ROLES:
-            raise ValueError(f"{where}: message {i} has unknown role {m['role']!r} (expected one of {_ROLES})")
+            raise InputError(f"{where}: message {i} has unknown role {m['role']!r} (expected one of {_ROLES})")
     return messages
 
 
@@ -105,10 +107,10 @@ def read_contexts(path: str | Path, keep: set[str] | None = None) -> dict[str, l
     seen: dict[str, str] = {}
     for where, obj in read_jsonl(path):
         if not isinstance(obj, dict) or not obj:
-            raise ValueError(f"{where}: expected a JSON object {{context_id: [messages]}}")
+            raise InputError(f"{where}: expected a JSON object {{context_id: [messages]}}")
         for cid, messages in obj.items():
             if cid in seen:
-                raise ValueError(f"{where}: context id {cid!r} already defined at {seen[cid]}")
+                raise InputError(f"{where}: context id {cid!r} already defined at {seen[cid]}")
             seen[cid] = where
             messages = _check_messages(messages, f"{where}: context {cid[:16]!r}")
             if keep is None or cid in keep:
@@ -140,20 +142,35 @@ def split_sessions(messages: list[dict]) -> list[Session]:
 
 # ---------------------------------------------------------------- questions
 
+FIELD_LIMIT = 1 << 24  # characters in one CSV cell (the csv module's default, 131072, is small for chat logs)
+
+
 def _read_rows(path: Path):
-    """Yield (row_number, start_line, row) for every data row of the CSV; check the header."""
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
+    """Yield (row_number, start_line, row) for every data row of the CSV; check the encoding, the header
+    and the cells. A file with a header and no rows is an error."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise InputError(f"{path}:{line}: not valid UTF-8") from None
+    csv.field_size_limit(FIELD_LIMIT)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
         header = reader.fieldnames or []
         for column in REQUIRED_COLUMNS:
             if column not in header:
-                raise ValueError(f"{path}: missing column '{column}' (header: {', '.join(header) or 'empty'})")
-        start = reader.line_num + 1
+                raise InputError(f"{path}: missing column '{column}' (header: {', '.join(header) or 'empty'})")
+        start, number = reader.line_num + 1, 0
         for number, row in enumerate(reader, 1):
             if None in row or any(v is None for v in row.values()):
-                raise ValueError(f"{path}: row {number} (line {start}): expected {len(header)} fields")
+                raise InputError(f"{path}: row {number} (line {start}): expected {len(header)} fields")
             yield number, start, row
             start = reader.line_num + 1
+    except csv.Error as e:  # e.g. a cell larger than FIELD_LIMIT, a NUL byte
+        raise InputError(f"{path}:{reader.line_num}: not a readable CSV row ({e})") from None
+    if number == 0:
+        raise InputError(f"{path}: no questions (a header and no rows)")
 
 
 def load_personamem(questions_csv: str | Path, contexts_jsonl: str | Path, setting: str = "") -> list[Example]:
@@ -166,16 +183,16 @@ def load_personamem(questions_csv: str | Path, contexts_jsonl: str | Path, setti
         where = f"{qpath}: row {number} (line {start})"
         qid = row["question_id"].strip()
         if not qid:
-            raise ValueError(f"{where}: field 'question_id' is empty")
+            raise InputError(f"{where}: field 'question_id' is empty")
         if qid in qids:
-            raise ValueError(f"{where}: field 'question_id' {qid!r} repeats row {qids[qid]}")
+            raise InputError(f"{where}: field 'question_id' {qid!r} repeats row {qids[qid]}")
         qids[qid] = number
         options = parse_options(row["all_options"], where)
         gold = parse_answer(row["correct_answer"], where)
         try:
             end = int(row["end_index_in_shared_context"].strip())
         except ValueError:
-            raise ValueError(f"{where}: field 'end_index_in_shared_context' must be an integer, "
+            raise InputError(f"{where}: field 'end_index_in_shared_context' must be an integer, "
                              f"got {row['end_index_in_shared_context']!r}") from None
         parsed.append((where, qid, row, options, gold, row["shared_context_id"].strip(), end))
 
@@ -184,10 +201,10 @@ def load_personamem(questions_csv: str | Path, contexts_jsonl: str | Path, setti
     examples = []
     for where, qid, row, options, gold, cid, end in parsed:
         if cid not in contexts:
-            raise ValueError(f"{where}: field 'shared_context_id' {cid!r} is not in {cpath}")
+            raise InputError(f"{where}: field 'shared_context_id' {cid!r} is not in {cpath}")
         messages = contexts[cid]
         if not 0 <= end <= len(messages):
-            raise ValueError(f"{where}: field 'end_index_in_shared_context' {end} is out of range "
+            raise InputError(f"{where}: field 'end_index_in_shared_context' {end} is out of range "
                              f"0..{len(messages)} for context {cid[:16]!r} ({len(messages)} messages)")
         key = (cid, end)
         if key not in histories:
@@ -230,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("contexts_jsonl")
     ap.add_argument("--setting", default="")
     args = ap.parse_args(argv)
-    s = summary(load_personamem(args.questions_csv, args.contexts_jsonl, args.setting))
+    s = handled(lambda: summary(load_personamem(args.questions_csv, args.contexts_jsonl, args.setting)))
     print(f"questions: {s['questions']}")
     print(f"contexts: {s['contexts']} (distinct histories: {s['histories']})")
     print("per question type:")

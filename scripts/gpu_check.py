@@ -36,7 +36,7 @@ import agents  # noqa: E402
 import eval as evaluation  # noqa: E402
 import train  # noqa: E402
 import warmstart  # noqa: E402
-from cli import parse_args, resolve_device  # noqa: E402
+from cli import InputError, command, resolve_device  # noqa: E402
 from data.example import read_split  # noqa: E402
 from data.generate import ensure  # noqa: E402
 
@@ -51,8 +51,8 @@ class Args:
     """folder of the check's runs and summary.json (emptied first)"""
     toy: bool = False
     """toy sizes everywhere (a CPU smoke test of this script, minutes)"""
-    data: str = "data/synthetic"
-    """benchmark folder"""
+    data: str = ""
+    """benchmark folder; empty = the synthetic benchmark next to the code (data/synthetic), generated on first use"""
     ws_steps: int = 0
     """warm-start steps of the real model (0 = warmstart.py's default)"""
     rl_steps: int = 20
@@ -109,13 +109,13 @@ def real_phase(args: Args, device: str, out: Path) -> dict:
     if args.model == "smollm2":
         try:
             agents.smollm2_gguf()
-        except SystemExit as e:
+        except InputError as e:
             return {"skipped": str(e)}
     users = 1 if args.toy else args.eval_users
 
     def greedy_eval(policies: str) -> dict:
         pols = evaluation.load_system(policies, device)
-        examples = evaluation.subset_users(read_split(ensure(args.data), "val"), users)
+        examples = evaluation.subset_users(read_split(ensure(args.data, ("val",)), "val"), users)
         budgets, max_new, _ = agents.fit_limits(pols["extraction"], examples)
         return brief(evaluation.evaluate(pols, examples, budgets, max_new, temperature=0.0))
 
@@ -140,9 +140,7 @@ def real_phase(args: Args, device: str, out: Path) -> dict:
 
 
 def main(args: Args) -> dict:
-    device = resolve_device(args.device)
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device here (use --device cpu --toy for the CPU path)")
+    device = resolve_device(args.device)  # --device cuda without CUDA: an error
     out = Path(args.out)
     if out.exists():
         shutil.rmtree(out)
@@ -159,4 +157,4 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_args(Args, __doc__))
+    command(main, Args, __doc__)

@@ -8,6 +8,7 @@ import pytest
 
 import agents
 import eval as evaluation
+from cli import InputError
 from data.example import Example, Line, Session, read_split
 
 
@@ -63,7 +64,7 @@ def test_comparison_table_rows_and_numbers(tmp_path):
     assert rows["no train"].startswith("| no train | 3 | 0.400 ± 0.000 |")
     assert rows["local"] == "| local | 1 | 0.450 | 0.450 | 0.450 |"
     assert rows["rag"] == "| rag | 1 | 0.300 | 0.300 | n/a |"
-    with pytest.raises(SystemExit, match="neither a run folder"):
+    with pytest.raises(InputError, match="neither a run folder"):
         evaluation.collect([str(tmp_path / "missing")])
 
 
@@ -72,7 +73,7 @@ def test_compare_expands_a_quoted_glob(tmp_path, capsys):
     _run(tmp_path / "comam-s2", 0.7, 0.4, lambda a: [a, a])
     out = evaluation.main(evaluation.Args(compare=f"{tmp_path}/comam-s*"))
     assert "| comam | 2 | 0.600 ± 0.100 |" in out["table"]
-    with pytest.raises(SystemExit, match="nothing-s"):
+    with pytest.raises(InputError, match="nothing-s"):
         evaluation.main(evaluation.Args(compare=f"{tmp_path}/nothing-s*"))
 
 

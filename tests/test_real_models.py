@@ -112,7 +112,7 @@ def _pipeline(model: str, data, tmp_path, ws_kw: dict):
     eval.py --policies ckpt. Returns the run folder."""
     ws = tmp_path / "ws"
     warmstart.main(warmstart.Args(model=model, data=str(data), out=str(ws), probe_every=0, **ws_kw))
-    assert sorted(p.name for p in ws.iterdir()) == ["extraction", "profile", "retrieval", "warmstart.json"]
+    assert sorted(p.name for p in ws.iterdir()) == [".complete", "extraction", "profile", "retrieval", "warmstart.json"]
     base = dict(data=str(data), model=str(ws), out=str(tmp_path / "runs"), queries=1, group_size=2,
                 eval_users=1, seed=1)
     train.main(train.Args(steps=1, **base))
@@ -171,7 +171,7 @@ def test_gpu_check_without_cuda_says_so(tmp_path):
         pytest.skip("this machine has CUDA")
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--out", str(tmp_path / "x")],
                        capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode != 0 and "no CUDA device" in r.stderr
+    assert r.returncode == 2 and r.stderr.startswith("error: --device cuda") and "no CUDA device" in r.stderr
 
 
 # ---------------------------------------------------------------- SmolLM2 (slow: minutes on a CPU)

@@ -11,6 +11,7 @@ import torch
 import agents
 import comam
 import train
+from cli import InputError
 from train import Args, policy_loss
 
 
@@ -185,10 +186,10 @@ def test_four_steps_equal_two_plus_resume_two(toy_data, toy_warmstart, tmp_path,
     assert steps == [1, 2, 3, 4]
 
 
-def test_existing_run_needs_resume(toy_data, toy_warmstart, tmp_path):
-    (tmp_path / "comam-s3").mkdir()
-    with pytest.raises(SystemExit, match="--resume"):
-        train.main(_run_args(toy_data, toy_warmstart, tmp_path))
+def test_existing_run_with_a_checkpoint_needs_resume(toy_data, toy_warmstart, tmp_path, varied_rewards):
+    train.main(_run_args(toy_data, toy_warmstart, tmp_path, steps=1))
+    with pytest.raises(InputError, match="--resume"):
+        train.main(_run_args(toy_data, toy_warmstart, tmp_path, steps=2))
 
 
 def test_help_lists_every_field_with_its_docstring(capsys):
