@@ -504,6 +504,7 @@ def sample(policy: Policy, prompts: list[list[int]], max_new_tokens: int, temper
     The language-model head runs on the last position only (`logits_to_keep=1`): the prompt's other
     positions need no logits.
     """
+    ### BEGIN SOLUTION (assignment 4, extra)
     model, dev = policy.model, next(policy.model.parameters()).device
     cache_kw = _cache_name(model)
     was_training = model.training
@@ -548,6 +549,7 @@ def sample(policy: Policy, prompts: list[list[int]], max_new_tokens: int, temper
             out_lp.append(l[:n])
     model.train(was_training)
     return out_ids, out_lp
+    ### END SOLUTION
 
 
 def decode(policy: Policy, completion: list[int]) -> str:
@@ -579,6 +581,7 @@ def completion_logprobs(model, prompts: list[list[int]], completions: list[list[
     Returns (logp, mask), both (B, T-1); logp is 0 where mask is 0.
     Right padding needs no position ids: every row starts at position 0.
     """
+    ### BEGIN SOLUTION (assignment 3)
     seqs = [p + c for p, c in zip(prompts, completions)]
     T = max(len(s) for s in seqs)
     dev = next(model.parameters()).device
@@ -596,3 +599,4 @@ def completion_logprobs(model, prompts: list[list[int]], completions: list[list[
     logp_flat = logp_flat.gather(-1, ids[:, 1:][where][:, None]).squeeze(-1)  # (N,): at the target tokens
     logp = torch.zeros(mask.shape, dtype=torch.float32, device=dev).masked_scatter(where, logp_flat)  # (B, T-1)
     return logp * mask, mask
+    ### END SOLUTION

@@ -110,7 +110,20 @@ def run_retrieval(policy: Policy, items: list[tuple[list[Line], list[str], Examp
 
 def rollout(policies: dict[str, Policy], examples: list[Example], group_size: int, budgets: Budgets,
             max_new: MaxNew, temperature: float = 1.0, generator=None) -> list[list[Trajectory]]:
-    """G full trajectories per query (Q x G), the chain re-sampled each time; H = the evidence session."""
+    """The sequential MDP of Sec. 4.2 for training: G full trajectories per query, the whole chain
+    extraction -> profile -> retrieval re-sampled for each; H = the query's evidence session.
+
+    Returns Q groups (one per example, in order) of G `Trajectory`s. Each trajectory holds, per role,
+    the `Action` its agent took (`actions["extraction"]` ...), the kept lines `memory_lines` (M_f), the
+    statements `profile` (M_c), the retrieved ids and the chosen letter, and is scored (`score()`,
+    Eqs. 9-12). Every agent is called ONCE per step, on all Q x G inputs together (batched sampling):
+    first extraction on the Q x G histories, then profile on the Q x G memories it produced, then
+    retrieval on the Q x G (memory, profile, question) triples.
+    Worked example, Q = 2, G = 3: the trajectories are laid out query-major, [q0 g0, q0 g1, q0 g2,
+    q1 g0, q1 g1, q1 g2]; trajectory k gets the k-th output of each agent; the result is
+    [[q0 g0, q0 g1, q0 g2], [q1 g0, q1 g1, q1 g2]].
+    """
+    ### BEGIN SOLUTION (assignment 4)
     trajs = [Trajectory(ex) for ex in examples for _ in range(group_size)]  # query-major: [q0 g0, q0 g1, ...]
     histories = [t.example.session_lines(t.example.evidence_session) for t in trajs]
     for t, (act, mem) in zip(trajs, run_extraction(policies["extraction"], histories, budgets,
@@ -125,6 +138,7 @@ def rollout(policies: dict[str, Policy], examples: list[Example], group_size: in
         t.actions["retrieval"], t.retrieved, t.answer = act, ids, letter
         t.score()
     return [trajs[i:i + group_size] for i in range(0, len(trajs), group_size)]
+    ### END SOLUTION
 
 
 # ======================================================================== evaluation: memory over the whole history

@@ -54,6 +54,7 @@ def ndcg(local_scores, global_gains) -> float:
         raise ValueError("ndcg got NaN; unavailable local rewards are handled in consistency()")
     if (gains < 0).any():
         raise ValueError("NDCG gains (global rewards) must be >= 0")
+    ### BEGIN SOLUTION (assignment 2)
     if np.all(gains == gains[0]):
         return 1.0
     discount = 1.0 / np.log2(np.arange(2, gains.size + 2))  # rank 1..G -> 1/log2(2), 1/log2(3), ...
@@ -64,6 +65,7 @@ def ndcg(local_scores, global_gains) -> float:
         pos += block.size
     idcg = float(np.sort(gains)[::-1] @ discount)
     return float(dcg / idcg)
+    ### END SOLUTION
 
 
 def _available(local: np.ndarray) -> np.ndarray:
@@ -90,8 +92,10 @@ def consistency(local_rewards, global_rewards) -> np.ndarray:
     array([0.6934, 1.    , 1.    ])
     """
     local_rewards, global_rewards = _as_group(local_rewards, global_rewards)
+    ### BEGIN SOLUTION (assignment 2)
     ok = _available(local_rewards)
     return np.array([ndcg(row, global_rewards) if ok[n] else 1.0 for n, row in enumerate(local_rewards)])
+    ### END SOLUTION
 
 
 # ---------------------------------------------------------------- Eq. 14: credit weights
@@ -107,9 +111,11 @@ def credit_weights(v, temperature: float = 1.0) -> np.ndarray:
     """
     if temperature <= 0:
         raise ValueError(f"credit softmax temperature must be > 0, got {temperature}")
+    ### BEGIN SOLUTION (assignment 2)
     v = np.asarray(v, dtype=np.float64) / temperature
     e = np.exp(v - v.max())
     return e / e.sum()
+    ### END SOLUTION
 
 
 # ---------------------------------------------------------------- Eq. 15: integrated rewards
@@ -139,6 +145,7 @@ def integrated_rewards(local_rewards, global_rewards, mode: str = "comam", fixed
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
     local_rewards, global_rewards = _as_group(local_rewards, global_rewards)
+    ### BEGIN SOLUTION (assignment 2)
     v = consistency(local_rewards, global_rewards)
     r = np.where(_available(local_rewards)[:, None], local_rewards, 0.0)  # unavailable rows contribute 0
     n_agents = r.shape[0]
@@ -159,6 +166,7 @@ def integrated_rewards(local_rewards, global_rewards, mode: str = "comam", fixed
     else:  # "alg1"
         r_final = global_rewards[None, :] + w[:, None] * r
     return r_final, v, w
+    ### END SOLUTION
 
 
 # ---------------------------------------------------------------- Eq. 16: group advantages
@@ -173,8 +181,10 @@ def group_advantages(rewards, eps: float = 1e-6) -> np.ndarray:
     >>> group_advantages([1.0, 0.0, 1.0, 0.0]).round(4)     # mean 0.5, std 0.5
     array([ 1., -1.,  1., -1.])
     """
+    ### BEGIN SOLUTION (assignment 2)
     r = np.asarray(rewards, dtype=np.float64)
     mean = r.mean(axis=-1, keepdims=True)
     std = r.std(axis=-1, keepdims=True)
     adv = (r - mean) / (std + eps)
     return np.where(std < 1e-8, 0.0, adv)
+    ### END SOLUTION

@@ -28,15 +28,18 @@ def recall_iou(pred: Iterable[int] | None, gold: Iterable[int]) -> tuple[float, 
     >>> recall_iou([1, 2, 3], [2, 3, 4])   # |∩| = 2, |∪| = 4
     (0.6666666666666666, 0.5)
     """
+    ### BEGIN SOLUTION (assignment 1)
     p, g = set(pred or ()), set(gold)
     inter = len(p & g)
     return inter / len(g), inter / len(p | g)
+    ### END SOLUTION
 
 
 def _overlap_reward(pred, gold, weight: float) -> float | None:
     """weight·recall + (1 − weight)·IoU; None when `gold` is None or empty (unavailable)."""
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"weight must be in [0, 1], got {weight}")
+    ### BEGIN SOLUTION (assignment 1)
     if gold is None:
         return None
     gold = set(gold)
@@ -44,6 +47,7 @@ def _overlap_reward(pred, gold, weight: float) -> float | None:
         return None
     recall, iou = recall_iou(pred, gold)
     return weight * recall + (1.0 - weight) * iou
+    ### END SOLUTION
 
 
 def extraction_reward(memory_ids, evidence_ids, alpha: float = 0.8) -> float | None:
@@ -100,6 +104,7 @@ def profile_reward(statements, gold_statements) -> float | None:
     "likes tacos", "likes sushi"}: correct 2, unsupported 1, r_1 = max(0, 2 − 1)/3 = 1/3.
     Writing every possible statement does not pay: each wrong one cancels a right one.
     """
+    ### BEGIN SOLUTION (assignment 1)
     if gold_statements is None:
         return None
     s = {normalise(x) for x in (statements or ())} - {""}
@@ -108,6 +113,7 @@ def profile_reward(statements, gold_statements) -> float | None:
         return 1.0 if not s else 0.0
     correct, unsupported = len(s & g), len(s - g)
     return max(0, correct - unsupported) / len(g)
+    ### END SOLUTION
 
 
 _JUDGE_PROMPT = """You are grading a user profile written from a conversation history.
@@ -152,6 +158,8 @@ def global_reward(pred_letter: str | None, gold_letter: str) -> float:
     >>> global_reward("b", "b"), global_reward("(B)", "b"), global_reward(None, "b")
     (1.0, 1.0, 0.0)
     """
+    ### BEGIN SOLUTION (assignment 1)
     if pred_letter is None:
         return 0.0
     return 1.0 if normalise(pred_letter) == normalise(gold_letter) else 0.0
+    ### END SOLUTION

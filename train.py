@@ -168,6 +168,7 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, m
     Worked example: adv = [1, -1], mask = [[1,1,0],[1,0,0]], rho = 1 everywhere, token aggregation ->
         l = [[-1,-1,0],[1,0,0]], loss = (-1 - 1 + 1) / 3 = -1/3.
     """
+    ### BEGIN SOLUTION (assignment 3)
     ratio = torch.exp(logp - old_logp)  # (B, T)
     a = adv[:, None]  # (B, 1)
     pg = -torch.minimum(ratio * a, ratio.clamp(1 - clip_eps, 1 + clip_eps) * a)  # (B, T)
@@ -188,6 +189,7 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, m
         stats = {"clip_frac": (((ratio - 1).abs() > clip_eps).float() * mask).sum().item(),
                  "kl": (kl * mask).sum().item(), "tokens": n.item()}
     return loss, stats
+    ### END SOLUTION
 
 
 def grpo_update(policy: Policy, opt: torch.optim.Optimizer, batch: list[tuple[list[int], list[int], float]],

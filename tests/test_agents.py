@@ -36,6 +36,7 @@ def test_model_save_load_round_trip(toy_policy, tmp_path):
     assert loaded.pad_id == loaded.eos_id
 
 
+@pytest.mark.assignment3
 def test_completion_mask_keeps_eos_when_pad_is_eos(toy_policy):
     eos = toy_policy.eos_id
     prompts, comps = [[5, 6, 7], [5, 6]], [[8, 9, eos], [8, eos]]
@@ -45,6 +46,7 @@ def test_completion_mask_keeps_eos_when_pad_is_eos(toy_policy):
     assert (logp[mask == 0] == 0).all() and (logp[mask == 1] < 0).all()
 
 
+@pytest.mark.assignment3
 def test_logits_at_t_minus_1_score_token_t(toy_policy):
     """Independent reference: the log-prob of each completion token from one forward per prefix."""
     prompt, comp = [5, 6, 7], [8, 9, toy_policy.eos_id]
@@ -61,19 +63,36 @@ def test_logits_at_t_minus_1_score_token_t(toy_policy):
     assert got.dtype == torch.float32
 
 
+@pytest.mark.assignment4
 def test_sampling_log_probs_match_training_forward_with_left_padding(toy_policy, toy_train):
-    """Left-padded batched sampling (position ids from the mask, KV cache) and the right-padded
-    training forward give the same per-token log-probs; the sampled ids are kept as they are."""
+    """Left-padded batched sampling (position ids from the mask, KV cache) gives, for every sampled token,
+    the log-prob that one unpadded forward over the prompt and the completion so far gives it
+    (independent reference, float64, at the sampling temperature); the sampled ids are kept as they are."""
     histories = [ex.session_lines(ex.evidence_session) for ex in toy_train[:6]]
     prompts = [agents.extraction_prompt(toy_policy, h, Budgets())[0] for h in histories]
     prompts[0] = prompts[0][:20]  # very different lengths -> lots of left padding
     g = torch.Generator().manual_seed(0)
     comps, lps = agents.sample(toy_policy, prompts, 8, temperature=1.3, generator=g)
-    logp, mask = agents.completion_logprobs(toy_policy.model, prompts, comps, toy_policy.pad_id, 1.3)
-    flat = torch.tensor([x for lp in lps for x in lp])
-    assert torch.allclose(logp[mask == 1], flat, atol=1e-4)
-    for c in comps:  # EOS, when sampled, closes the completion and is kept
-        assert toy_policy.eos_id not in c[:-1]
+    with torch.no_grad():
+        for prompt, comp, lp in zip(prompts, comps, lps):
+            assert len(comp) == len(lp) and 1 <= len(comp) <= 8
+            logits = toy_policy.model(torch.tensor([prompt + comp])).logits[0].double() / 1.3  # (T, V)
+            ref = [torch.log_softmax(logits[len(prompt) - 1 + k], -1)[tok].item() for k, tok in enumerate(comp)]
+            assert torch.allclose(torch.tensor(lp, dtype=torch.float64), torch.tensor(ref, dtype=torch.float64), atol=1e-4)
+            assert toy_policy.eos_id not in comp[:-1]  # EOS, when sampled, closes the completion and is kept
+
+
+@pytest.mark.assignment4
+def test_greedy_sampling_takes_the_argmax_and_stops_at_the_limit(toy_policy):
+    prompts = [[5, 6, 7], [8, 9]]
+    comps, lps = agents.sample(toy_policy, prompts, 4, temperature=0.0)
+    with torch.no_grad():
+        for prompt, comp in zip(prompts, comps):
+            seq = list(prompt)
+            for tok in comp:
+                assert tok == toy_policy.model(torch.tensor([seq])).logits[0, -1].argmax().item()
+                seq.append(tok)
+            assert len(comp) == 4 or comp[-1] == toy_policy.eos_id
 
 
 def test_parsers_never_raise_and_count_failures():
@@ -138,6 +157,7 @@ def test_retrieval_budget_keeps_the_most_recent_lines(toy_policy):
     assert [l.id for l in shown] == list(range(40 - len(shown), 40))
 
 
+@pytest.mark.uses_solutions
 def test_shipped_checkpoint_follows_every_format():
     """The shipped warm start loads and, greedy, writes parseable output for each agent."""
     if not (agents.TINY_CHECKPOINT / "retrieval" / "config.json").exists():

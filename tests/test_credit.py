@@ -1,5 +1,4 @@
 """credit.py against hand-worked values and independent brute-force references (Eqs. 13-16)."""
-import doctest
 import itertools
 import math
 
@@ -8,10 +7,6 @@ import pytest
 
 import credit
 from credit import CREDIT_MODES, consistency, credit_weights, group_advantages, integrated_rewards, ndcg
-
-
-def test_doctests():
-    assert doctest.testmod(credit).failed == 0
 
 
 # ---------------------------------------------------------------- Eq. 13
@@ -36,6 +31,7 @@ def _ndcg_reference(local, gains):
     return expected / dcg(sorted(gains, reverse=True))
 
 
+@pytest.mark.assignment2
 def test_ndcg_hand_worked():
     # rank 0,1,2 -> gains 0,1,1
     dcg = 0 / math.log2(2) + 1 / math.log2(3) + 1 / math.log2(4)
@@ -44,6 +40,7 @@ def test_ndcg_hand_worked():
     assert ndcg([0.9, 0.5, 0.1], [0, 1, 1]) == pytest.approx(0.69342640)
 
 
+@pytest.mark.assignment2
 def test_ndcg_hand_worked_four():
     # local ranks trajectories 3, 0, 2, 1 -> gains 1, 0, 1, 0
     dcg = 1 / math.log2(2) + 0 / math.log2(3) + 1 / math.log2(4) + 0 / math.log2(5)
@@ -51,6 +48,7 @@ def test_ndcg_hand_worked_four():
     assert ndcg([0.7, 0.1, 0.3, 0.8], [0, 0, 1, 1]) == pytest.approx(dcg / idcg)
 
 
+@pytest.mark.assignment2
 def test_ndcg_tie_hand_worked():
     # tie {0, 1} at ranks 1-2 with gains {1, 0}: mean gain 0.5 at both positions
     dcg = 0.5 / math.log2(2) + 0.5 / math.log2(3) + 1 / math.log2(4)
@@ -60,6 +58,7 @@ def test_ndcg_tie_hand_worked():
     assert ndcg([0.3] * 4, [1, 0, 0, 0]) == pytest.approx(_ndcg_reference([0.3] * 4, [1, 0, 0, 0]))
 
 
+@pytest.mark.assignment2
 def test_ndcg_ties_match_bruteforce_over_permutations():
     rng = np.random.default_rng(0)
     for _ in range(300):
@@ -70,6 +69,7 @@ def test_ndcg_ties_match_bruteforce_over_permutations():
         assert ndcg(local, gains) == pytest.approx(_ndcg_reference(local, gains), abs=1e-12)
 
 
+@pytest.mark.assignment2
 def test_ndcg_perfect_agreement_and_all_equal_gains():
     assert ndcg([0.9, 0.1, 0.5, 0.0], [1, 0, 1, 0]) == pytest.approx(1.0)
     assert ndcg([0.1, 0.9], [0.2, 0.8]) == pytest.approx(1.0)
@@ -78,6 +78,7 @@ def test_ndcg_perfect_agreement_and_all_equal_gains():
         assert list(consistency(np.random.default_rng(1).random((3, 3)), gains)) == [1.0, 1.0, 1.0]
 
 
+@pytest.mark.assignment2
 def test_ndcg_bounds_and_errors():
     rng = np.random.default_rng(2)
     for _ in range(100):
@@ -92,6 +93,7 @@ def test_ndcg_bounds_and_errors():
 # ---------------------------------------------------------------- Eq. 14
 
 
+@pytest.mark.assignment2
 def test_softmax_weights():
     v = np.array([0.2, 0.9, 0.55])
     w = credit_weights(v)
@@ -102,6 +104,7 @@ def test_softmax_weights():
     assert np.isfinite(credit_weights([1e4, 0, 0])).all()
 
 
+@pytest.mark.assignment2
 def test_softmax_temperature_hand_worked():
     # v = [1, 0, 0], tau = 0.25: exp(4) / (exp(4) + 2) = 54.598 / 56.598 = 0.96466, and exp(0) / 56.598 = 0.01767
     w = credit_weights([1.0, 0.0, 0.0], temperature=0.25)
@@ -118,6 +121,7 @@ def test_softmax_temperature_hand_worked():
             credit_weights([0.1, 0.2, 0.3], bad)
 
 
+@pytest.mark.assignment2
 def test_planted_consistent_agent_gets_largest_weight():
     rng = np.random.default_rng(3)
     for _ in range(50):
@@ -143,6 +147,7 @@ LOCAL = np.array([[0.9, 0.5, 0.1, 0.3],
 GLOB = np.array([1.0, 0.0, 1.0, 0.0])
 
 
+@pytest.mark.assignment2
 def test_integrated_rewards_each_mode_vs_hand_formula():
     v_ref = np.array([ndcg(row, GLOB) for row in LOCAL])
     w_ref = np.exp(v_ref) / np.exp(v_ref).sum()
@@ -172,6 +177,7 @@ def test_integrated_rewards_each_mode_vs_hand_formula():
     np.testing.assert_allclose(r, LOCAL + 0.7 * GLOB)
 
 
+@pytest.mark.assignment2
 def test_alg1_variant():
     v_ref = np.array([ndcg(row, GLOB) for row in LOCAL])
     w_ref = np.exp(v_ref) / np.exp(v_ref).sum()
@@ -200,6 +206,7 @@ def test_bad_names_raise():
 # ---------------------------------------------------------------- unavailable local rewards
 
 
+@pytest.mark.assignment2
 def test_nan_or_none_local_rewards_are_unavailable():
     local = [[0.9, 0.5, 0.1, 0.3], [None] * 4, [float("nan")] * 4]
     v = consistency(local, GLOB)
@@ -234,6 +241,7 @@ def test_nan_global_raises():
 # ---------------------------------------------------------------- Eq. 16
 
 
+@pytest.mark.assignment2
 def test_group_advantages_constant_group_is_exactly_zero():
     for r in ([0.5] * 8, [0.0] * 8, [1.0 + 1e-12, 1.0, 1.0, 1.0]):
         a = group_advantages(r)
@@ -241,6 +249,7 @@ def test_group_advantages_constant_group_is_exactly_zero():
         assert (a == 0.0).all()
 
 
+@pytest.mark.assignment2
 def test_group_advantages_matches_float64_reference():
     rng = np.random.default_rng(4)
     r = rng.random((3, 8))

@@ -16,6 +16,7 @@ SOURCES = sorted(p for p in ROOT.rglob("*.py") if "tests" not in p.parts and ".v
                  and not any(part.startswith(".") for part in p.relative_to(ROOT).parts))
 
 
+@pytest.mark.uses_solutions
 @pytest.mark.parametrize("name", MODULES)
 def test_doctests_run(name):
     result = doctest.testmod(importlib.import_module(name))

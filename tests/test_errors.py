@@ -329,6 +329,7 @@ def _copy_run(finished_run, tmp_path) -> Path:
                                               ("lr", "0.001", "--lr 0.001 (the run's: 0.0002)"),
                                               ("group_size", "4", "--group-size 4 (the run's: 2)"),
                                               ("credit", "local", "--credit local (the run's: comam)")])
+@pytest.mark.uses_solutions
 def test_resume_refuses_flags_that_would_change_the_run(flag, value, shown, finished_run, toy_data, tmp_path, capsys):
     run = _copy_run(finished_run, tmp_path)
     before = snapshot(run)
@@ -338,6 +339,7 @@ def test_resume_refuses_flags_that_would_change_the_run(flag, value, shown, fini
     assert snapshot(run) == before
 
 
+@pytest.mark.uses_solutions
 def test_resume_needs_more_steps_and_an_existing_run(finished_run, toy_data, tmp_path, capsys):
     run = _copy_run(finished_run, tmp_path)
     before = snapshot(run)
@@ -350,6 +352,7 @@ def test_resume_needs_more_steps_and_an_existing_run(finished_run, toy_data, tmp
     assert snapshot(run) == before
 
 
+@pytest.mark.uses_solutions
 def test_resume_records_what_may_change(finished_run, toy_data, tmp_path):
     run = _copy_run(finished_run, tmp_path)
     command(train.main, train.Args, "", _args(toy_data, tmp_path / "runs", steps=3, resume=True, eval_every=5))
@@ -365,6 +368,7 @@ def test_resume_records_what_may_change(finished_run, toy_data, tmp_path):
     ("optimizer", "optimizer.pt: cannot read the optimizer state"),
     ("log", "log.jsonl:1: not valid JSON; the log is damaged"),
 ])
+@pytest.mark.uses_solutions
 def test_damaged_checkpoint_files_are_named(damage, needle, finished_run, toy_data, tmp_path, capsys):
     run = _copy_run(finished_run, tmp_path)
     target = {"state": run / "ckpt" / "state.json", "model": run / "ckpt" / "extraction" / "model.safetensors",
@@ -377,6 +381,7 @@ def test_damaged_checkpoint_files_are_named(damage, needle, finished_run, toy_da
     assert snapshot(run) == before
 
 
+@pytest.mark.uses_solutions
 def test_a_log_line_cut_by_a_kill_is_dropped_on_resume(finished_run, toy_data, tmp_path):
     run = _copy_run(finished_run, tmp_path)
     with open(run / "log.jsonl", "a") as f:
@@ -385,6 +390,7 @@ def test_a_log_line_cut_by_a_kill_is_dropped_on_resume(finished_run, toy_data, t
     assert [json.loads(l)["step"] for l in (run / "log.jsonl").read_text().splitlines()] == [1, 2, 3]
 
 
+@pytest.mark.uses_solutions
 def test_a_run_that_died_before_its_first_checkpoint_starts_again(toy_data, tmp_path):
     run = tmp_path / "runs" / "comam-s5"
     run.mkdir(parents=True)
@@ -415,6 +421,7 @@ def test_replace_folder_recovers_from_a_crash_at_any_point(crash, tmp_path):
     assert (final / "v").read_text() == want and not old.exists()
 
 
+@pytest.mark.uses_solutions
 def test_kill_9_and_resume_is_bit_identical(toy_data, tmp_path):
     """A real `kill -9` of `python train.py` after its first checkpoint, then --resume, ends with the same
     weights, optimizer states and log as the same run uninterrupted (the shipped tiny warm start, so

@@ -12,6 +12,7 @@ from cli import InputError
 from data.example import Example, Line, Session, read_split
 
 
+@pytest.mark.uses_solutions
 def test_accuracy_matches_hand_count_with_scripted_answers(toy_data, toy_policy, monkeypatch):
     """The answer agent is scripted: question i gets the gold option unless i % 3 == 0, where it gets a
     wrong one, or i % 5 == 4, where it writes something unparseable. Accuracy, per-type accuracy and the

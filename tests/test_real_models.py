@@ -128,6 +128,7 @@ def _pipeline(model: str, data, tmp_path, ws_kw: dict):
     return run
 
 
+@pytest.mark.uses_solutions
 def test_chat_model_warm_start_train_resume_eval(toy_chat_model, toy_data, tmp_path):
     run = _pipeline(str(toy_chat_model), toy_data, tmp_path, dict(steps=2, batch_size=2))
     report = json.loads((tmp_path / "ws" / "warmstart.json").read_text())
@@ -135,6 +136,7 @@ def test_chat_model_warm_start_train_resume_eval(toy_chat_model, toy_data, tmp_p
     assert [json.loads(l)["step"] for l in (run / "log.jsonl").read_text().splitlines()] == [1, 2]
 
 
+@pytest.mark.uses_solutions
 def test_gradient_checkpointing_gives_the_same_update(toy_chat_model):
     """Recomputing activations in the backward pass changes memory, not the gradient."""
     grads = []
@@ -151,6 +153,7 @@ def test_gradient_checkpointing_gives_the_same_update(toy_chat_model):
         assert torch.allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.uses_solutions
 def test_gpu_check_cpu_path(toy_chat_model, toy_data, tmp_path):
     sys.path.insert(0, str(ROOT / "scripts"))
     import gpu_check

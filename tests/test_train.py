@@ -38,6 +38,7 @@ def reference_loss(logp, old, adv, mask, eps, agg, ref=None, beta=0.0):
     return total / n_tok if agg == "token" else sum(per_seq) / B
 
 
+@pytest.mark.assignment3
 @pytest.mark.parametrize("agg", ["token", "sequence"])
 @pytest.mark.parametrize("beta", [0.0, 0.1])
 def test_policy_loss_matches_float64_reference(agg, beta):
@@ -57,6 +58,7 @@ def test_policy_loss_matches_float64_reference(agg, beta):
     assert 0 < stats["clip_frac"] < stats["tokens"]  # some ratios clipped, some not
 
 
+@pytest.mark.assignment3
 def test_worked_example_in_the_docstring():
     adv = torch.tensor([1.0, -1.0])
     mask = torch.tensor([[1.0, 1, 0], [1, 0, 0]])
@@ -66,13 +68,17 @@ def test_worked_example_in_the_docstring():
 
 
 def _batch(policy, n=6, seed=0):
+    """n (prompt, completion, advantage) triples of random tokens: prompts of 3-8 tokens, completions of
+    1-6 tokens, half of them closed by EOS (pad == eos). No sampling: graded without agents.sample."""
     g = torch.Generator().manual_seed(seed)
     prompts = [torch.randint(2, 50, (int(k),), generator=g).tolist() for k in torch.randint(3, 9, (n,), generator=g)]
-    comps, _ = agents.sample(policy, prompts, 6, 1.0, generator=g)
+    comps = [torch.randint(2, 50, (int(k),), generator=g).tolist() for k in torch.randint(1, 7, (n,), generator=g)]
+    comps = [c[:-1] + [policy.eos_id] if i % 2 else c for i, c in enumerate(comps)]
     adv = torch.randn(n, generator=g).tolist()
     return [(p, c, a) for p, c, a in zip(prompts, comps, adv)]
 
 
+@pytest.mark.assignment3
 def test_ratio_is_exactly_one_before_the_first_update(toy_policy):
     batch = _batch(toy_policy)
     prompts, comps = [p for p, _, _ in batch], [c for _, c, _ in batch]
@@ -83,6 +89,7 @@ def test_ratio_is_exactly_one_before_the_first_update(toy_policy):
         assert torch.equal(ratio[mask == 1], torch.ones_like(ratio[mask == 1]))
 
 
+@pytest.mark.assignment3
 @pytest.mark.parametrize("agg", ["token", "sequence"])
 def test_update_does_not_depend_on_micro_batch_size(toy_tokenizer, agg):
     results = []
@@ -99,6 +106,7 @@ def test_update_does_not_depend_on_micro_batch_size(toy_tokenizer, agg):
         assert torch.allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.assignment3
 def test_non_finite_loss_stops_the_step_with_a_clear_message(toy_policy):
     batch = _batch(toy_policy)
     batch[0] = (batch[0][0], batch[0][1], float("nan"))
@@ -153,6 +161,7 @@ def _params(folder):
     return {r: load_file(str(folder / r / "model.safetensors")) for r in agents.ROLES}
 
 
+@pytest.mark.uses_solutions
 def test_two_steps_change_every_trained_agent(toy_data, toy_warmstart, tmp_path, varied_rewards):
     train.main(_run_args(toy_data, toy_warmstart, tmp_path, exp_name="joint"))
     start, end = _params(toy_warmstart), _params(tmp_path / "joint-s3" / "ckpt")
@@ -166,6 +175,7 @@ def test_two_steps_change_every_trained_agent(toy_data, toy_warmstart, tmp_path,
     assert (tmp_path / "joint-s3" / "summary.json").exists()
 
 
+@pytest.mark.uses_solutions
 def test_independent_mode_freezes_the_other_agents(toy_data, toy_warmstart, tmp_path, varied_rewards):
     train.main(_run_args(toy_data, toy_warmstart, tmp_path, exp_name="ind", mode="independent", steps=1))
     start, end = _params(toy_warmstart), _params(tmp_path / "ind-s3" / "ckpt")
@@ -174,6 +184,7 @@ def test_independent_mode_freezes_the_other_agents(toy_data, toy_warmstart, tmp_
     assert [train.trained_roles(Args(mode="independent", steps=9), s)[0] for s in (0, 3, 8)] == list(agents.ROLES)
 
 
+@pytest.mark.uses_solutions
 def test_four_steps_equal_two_plus_resume_two(toy_data, toy_warmstart, tmp_path, varied_rewards):
     train.main(_run_args(toy_data, toy_warmstart, tmp_path / "a", steps=4, save_every=10))
     train.main(_run_args(toy_data, toy_warmstart, tmp_path / "b", steps=2))
@@ -186,6 +197,7 @@ def test_four_steps_equal_two_plus_resume_two(toy_data, toy_warmstart, tmp_path,
     assert steps == [1, 2, 3, 4]
 
 
+@pytest.mark.uses_solutions
 def test_existing_run_with_a_checkpoint_needs_resume(toy_data, toy_warmstart, tmp_path, varied_rewards):
     train.main(_run_args(toy_data, toy_warmstart, tmp_path, steps=1))
     with pytest.raises(InputError, match="--resume"):
@@ -199,6 +211,7 @@ def test_help_lists_every_field_with_its_docstring(capsys):
     assert "--credit-variant" in out and "Algorithm 1" in out and "--shared-policy" in out
 
 
+@pytest.mark.uses_solutions
 def test_profile_agent_is_not_called_on_an_empty_memory(toy_policy, toy_train):
     lines = toy_train[0].session_lines(0)[:3]
     out = comam.run_profile(toy_policy, [[], lines, []], agents.Budgets(), 5, 1.0)
@@ -206,6 +219,7 @@ def test_profile_agent_is_not_called_on_an_empty_memory(toy_policy, toy_train):
     assert out[0][1] == [] and out[0][0].ok
 
 
+@pytest.mark.uses_solutions
 def test_warm_start_can_continue_from_a_checkpoint(toy_data, toy_warmstart, tmp_path):
     import warmstart
     warmstart.main(warmstart.Args(data=str(toy_data), out=str(tmp_path / "more"), steps=2, batch_size=2,
@@ -216,6 +230,7 @@ def test_warm_start_can_continue_from_a_checkpoint(toy_data, toy_warmstart, tmp_
     assert any(not torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters()))
 
 
+@pytest.mark.assignment2
 def test_credit_step_diagnostics_hand_worked():
     """Two groups of G = 2: one with constant global reward (flat), one where agent 0 ranks it perfectly."""
     def traj(local, reward):

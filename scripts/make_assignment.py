@@ -1,0 +1,110 @@
+"""Write a student copy of this repository: the bodies marked as solutions become stubs.
+
+    python scripts/make_assignment.py ../student                     # the student copy
+    python scripts/make_assignment.py ../solved --keep-solutions     # the same files, solutions kept
+    cd ../student && python -m pytest -m assignment2                 # grade one assignment
+
+In the reference code a solution is a block of lines between two marker comments (the convention of
+nbgrader and otter-grader), inside a function whose docstring is the specification:
+
+    def group_advantages(rewards, eps=1e-6):
+        \"\"\"Eq. 16: ... worked example ...\"\"\"
+        ### BEGIN SOLUTION (assignment 2)
+        ...
+        ### END SOLUTION
+
+In the student copy each block becomes one line, `raise NotImplementedError("...")`, naming the
+assignment and the function; docstrings, signatures and every other line stay. The copy holds the
+files git tracks (so no run outputs, no virtual environment and no `.git` history), without the
+instructor-only tests (tests/hidden/), this script and its test, and the CI folder. With --keep-solutions the
+markers are removed and the solutions kept: what a student who solved everything hands back.
+See docs/assignments.md for the four assignments and how to grade them.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BEGIN = re.compile(r"^(\s*)### BEGIN SOLUTION(?: \((.*)\))?\s*$")
+END = re.compile(r"^\s*### END SOLUTION\s*$")
+LEFT_OUT = ("tests/hidden/", "tests/test_assignments.py", "scripts/make_assignment.py", ".ci/")
+
+
+def enclosing_function(lines: list[str], index: int) -> str:
+    """The name of the innermost `def` above line `index`."""
+    for line in reversed(lines[:index]):
+        m = re.match(r"\s*def (\w+)\(", line)
+        if m:
+            return m.group(1)
+    return "this block"
+
+
+def strip_solutions(text: str, module: str, keep: bool = False) -> tuple[str, int]:
+    """The text with every marked block replaced by a NotImplementedError stub (or, with keep, with its
+    markers removed). Returns (text, number of blocks). Unbalanced markers are an error."""
+    lines, out, blocks, k = text.split("\n"), [], 0, 0
+    while k < len(lines):
+        m = BEGIN.match(lines[k])
+        if END.match(lines[k]):
+            raise SystemExit(f"{module}:{k + 1}: END SOLUTION without BEGIN SOLUTION")
+        if not m:
+            out.append(lines[k])
+            k += 1
+            continue
+        end = next((j for j in range(k + 1, len(lines)) if END.match(lines[j]) or BEGIN.match(lines[j])), None)
+        if end is None or BEGIN.match(lines[end]):
+            raise SystemExit(f"{module}:{k + 1}: BEGIN SOLUTION without its END SOLUTION")
+        if keep:
+            out += lines[k + 1:end]
+        else:
+            indent, label = m.group(1), m.group(2) or "assignment"
+            name = enclosing_function(lines, k)
+            out.append(f'{indent}raise NotImplementedError("{label}: implement {module}.{name} '
+                       f'(its docstring is the specification)")')
+        blocks += 1
+        k = end + 1
+    return "\n".join(out), blocks
+
+
+def tracked_files() -> list[str]:
+    listed = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return [f for f in listed.splitlines() if not f.startswith(LEFT_OUT) and (ROOT / f).is_file()]
+
+
+def make(out: Path, keep: bool = False) -> dict[str, int]:
+    """Write the copy into `out` (which must not exist or be empty). Returns {file: blocks replaced}."""
+    if out.exists() and any(out.iterdir()):
+        raise SystemExit(f"{out}: exists and is not empty")
+    replaced = {}
+    for name in tracked_files():
+        src, dst = ROOT / name, out / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if name.endswith(".py"):
+            text, blocks = strip_solutions(src.read_text(), name[:-3].replace("/", "."), keep)
+            dst.write_text(text)
+            if blocks:
+                replaced[name] = blocks
+        else:
+            shutil.copy2(src, dst)
+    return replaced
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("out", help="folder of the copy (new or empty)")
+    p.add_argument("--keep-solutions", action="store_true", help="remove the markers, keep the solutions")
+    a = p.parse_args(argv)
+    replaced = make(Path(a.out), a.keep_solutions)
+    what = "kept" if a.keep_solutions else "replaced by stubs"
+    for name, n in replaced.items():
+        print(f"{name}: {n} solution block{'s' * (n > 1)} {what}")
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
