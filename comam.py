@@ -109,7 +109,8 @@ def run_retrieval(policy: Policy, items: list[tuple[list[Line], list[str], Examp
 # ======================================================================== training rollout (Sec. 4.2)
 
 def rollout(policies: dict[str, Policy], examples: list[Example], group_size: int, budgets: Budgets,
-            max_new: MaxNew, temperature: float = 1.0, generator=None) -> list[list[Trajectory]]:
+            max_new: MaxNew, temperature: float = 1.0, generator=None,
+            prior: list[tuple[list[Line], list[str]]] | None = None) -> list[list[Trajectory]]:
     """The sequential MDP of Sec. 4.2 for training: G full trajectories per query, the whole chain
     extraction -> profile -> retrieval re-sampled for each; H = the query's evidence session.
 
@@ -122,6 +123,9 @@ def rollout(policies: dict[str, Policy], examples: list[Example], group_size: in
     Worked example, Q = 2, G = 3: the trajectories are laid out query-major, [q0 g0, q0 g1, q0 g2,
     q1 g0, q1 g1, q1 g2]; trajectory k gets the k-th output of each agent; the result is
     [[q0 g0, q0 g1, q0 g2], [q1 g0, q1 g1, q1 g2]].
+    `prior[q]`, when given, is memory already stored before the evidence session (lines, statements):
+    the retrieval agent of query q sees prior lines + M_f and prior statements + M_c (train.py
+    --context-sessions; None, the paper's setting, means no prior memory).
     """
     ### BEGIN SOLUTION (assignment 4)
     trajs = [Trajectory(ex) for ex in examples for _ in range(group_size)]  # query-major: [q0 g0, q0 g1, ...]
@@ -132,7 +136,8 @@ def rollout(policies: dict[str, Policy], examples: list[Example], group_size: in
     for t, (act, prof) in zip(trajs, run_profile(policies["profile"], [t.memory_lines for t in trajs], budgets,
                                                  max_new.profile, temperature, generator)):
         t.actions["profile"], t.profile = act, prof
-    items = [(t.memory_lines, t.profile, t.example) for t in trajs]
+    before = [prior[k // group_size] for k in range(len(trajs))] if prior else [([], [])] * len(trajs)
+    items = [(lines + t.memory_lines, statements + t.profile, t.example) for t, (lines, statements) in zip(trajs, before)]
     for t, (act, ids, letter) in zip(trajs, run_retrieval(policies["retrieval"], items, budgets,
                                                           max_new.retrieval, temperature, generator)):
         t.actions["retrieval"], t.retrieved, t.answer = act, ids, letter
@@ -148,6 +153,7 @@ class Memory:
     memory_lines: list[Line] = field(default_factory=list)  # M_f, accumulated over sessions
     profile: list[str] = field(default_factory=list)  # M_c, accumulated over sessions
     per_session: list[list[str]] = field(default_factory=list)  # the profile agent's output per session
+    sessions: list[int | None] = field(default_factory=list)  # the index of each of those sessions
     failures: dict[str, int] = field(default_factory=lambda: {"extraction": 0, "profile": 0})
     calls: int = 0
 
@@ -171,6 +177,7 @@ def build_memory(policies: dict[str, Policy], histories: dict[str, list[list[Lin
             m.memory_lines += kept
             m.profile += statements
             m.per_session.append(statements)
+            m.sessions.append(histories[u][s][0].session if histories[u][s] else None)
             m.failures["extraction"] += not a0.ok
             m.failures["profile"] += not a1.ok
             m.calls += 1

@@ -60,6 +60,10 @@ class Args:
     """sampling seed"""
     system: str = "comam"
     """comam (the three agents) | base (raw history) | rag (MiniLM top-k chunks)"""
+    history: str = "whole"
+    """whole (deployed: memory over the whole history) | evidence (the training setting: the evidence session alone; comam only)"""
+    samples: int = 1
+    """evaluations with sampling seeds seed, seed+1, ...; the result averages them (more samples resolve smaller differences)"""
     personamem: str = ""
     """evaluate PersonaMem instead: 'QUESTIONS.csv,CONTEXTS.jsonl'"""
     compare: str = ""
@@ -101,7 +105,8 @@ def metrics(trajs: list[comam.Trajectory], memories: list[comam.Memory], policy:
     rec_iou_m = [recall_iou([l.id for l in t.memory_lines], t.example.evidence) for t in ev]
     rec_iou_r = [recall_iou(t.retrieved, t.example.evidence) for t in ev]
     distinct = {id(m): (m, t.example) for m, t in zip(memories, trajs)}.values()  # each memory once
-    prof = [profile_reward(st, s.profile) for m, ex in distinct for s, st in zip(ex.sessions, m.per_session)]
+    prof = [profile_reward(st, ex.sessions[k].profile) for m, ex in distinct
+            for k, st in zip(m.sessions, m.per_session) if k is not None]
     mem_tokens = [len(policy.tokenizer(" ".join([l.text for l in m.memory_lines] + m.profile),
                                        add_special_tokens=False).input_ids) for m, _ in distinct]
     calls = sum(m.calls for m, _ in distinct)
@@ -120,6 +125,7 @@ def metrics(trajs: list[comam.Trajectory], memories: list[comam.Memory], policy:
         "format_failure": {"extraction": fails("extraction"), "profile": fails("profile"),
                            "retrieval": float(np.mean([not t.actions["retrieval"].ok for t in trajs]))},
         "seconds_per_query": seconds / max(1, len(trajs)),
+        "per_question": {t.example.qid: t.global_reward for t in trajs},  # for paired comparisons
     }
 
 
@@ -186,22 +192,28 @@ def rag_memories(examples: list[Example], embedder: Embedder, top_k: int = TOP_K
 @torch.no_grad()
 def evaluate(policies: dict[str, Policy], examples: list[Example], budgets: Budgets | None = None,
              max_new: agents.MaxNew | None = None, temperature: float = 0.8, seed: int = 1,
-             desc: str = "eval", system: str = "comam", embedder: Embedder | None = None) -> dict:
-    """Build the memory of every question (`system`), then answer every question (App. B.1)."""
+             desc: str = "eval", system: str = "comam", embedder: Embedder | None = None,
+             history: str = "whole") -> dict:
+    """Build the memory of every question (`system`), then answer every question (App. B.1).
+
+    history "whole" is the deployed setting: memory over the user's whole history. "evidence" is the
+    training setting (Sec. 4.2): each question's memory is built from its evidence session alone.
+    """
     budgets, max_new = budgets or Budgets(), max_new or agents.MaxNew()
     t0 = time.time()
     gen = torch.Generator().manual_seed(seed)
     for p in policies.values():
         p.model.eval()
     if system == "comam":
-        histories = {}
+        histories, key = {}, (lambda ex: ex.user) if history == "whole" else (lambda ex: ex.qid)
         for ex in examples:
-            histories.setdefault(ex.user, [s.lines for s in ex.sessions])
+            sessions = ex.sessions if history == "whole" else [ex.sessions[ex.evidence_session]]
+            histories.setdefault(key(ex), [s.lines for s in sessions])
         bar = tqdm(total=max(len(h) for h in histories.values()), desc=desc, dynamic_ncols=True, leave=False)
-        per_user = comam.build_memory(policies, histories, budgets, max_new, temperature, gen,
-                                      progress=lambda s: bar.update(1))
+        built = comam.build_memory(policies, histories, budgets, max_new, temperature, gen,
+                                   progress=lambda s: bar.update(1))
         bar.close()
-        memories = [per_user[ex.user] for ex in examples]
+        memories = [built[key(ex)] for ex in examples]
     elif system == "base":
         memories = base_memories(examples)
     elif system == "rag":
@@ -210,6 +222,22 @@ def evaluate(policies: dict[str, Policy], examples: list[Example], budgets: Budg
         raise ValueError(f"unknown system {system!r}: comam | base | rag")
     trajs = comam.answer(policies, examples, memories, budgets, max_new, temperature, gen)
     return metrics(trajs, memories, policies["retrieval"], time.time() - t0)
+
+
+def average(results: list[dict]) -> dict:
+    """One result from several evaluations of the same checkpoint (sampling seeds): every number is
+    averaged (a missing or None value is skipped); `accuracy_per_sample` keeps each one's accuracy."""
+    def mean(values):
+        if isinstance(values[0], dict):
+            keys = dict.fromkeys(k for v in values for k in v)
+            return {k: mean([v.get(k) for v in values if isinstance(v, dict)]) for k in keys}
+        numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        return float(np.mean(numbers)) if numbers else None
+    out = mean(results)
+    out["n"] = results[0]["n"]
+    out["samples"] = len(results)
+    out["accuracy_per_sample"] = [r["accuracy"] for r in results]
+    return out
 
 
 # ======================================================================== comparison over seeds, plots
@@ -270,6 +298,33 @@ def comparison_table(groups: dict[str, list[dict]], local: bool = False) -> str:
         if local:
             row.append(cell([max(v for v in r["format_failure"].values() if v is not None) for r in results]))
         lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def paired_table(groups: dict[str, list[dict]]) -> str:
+    """Markdown: each row's accuracy minus the FIRST row's, paired on the same questions, with two
+    standard errors. "over questions": each question's outcome averaged over the row's results
+    (seeds, samples), the difference per question, SE = std / sqrt(questions); it holds the trained
+    policies fixed. "over seeds": the k-th result of each row paired (same seed), SE = std / sqrt(seeds)
+    of those differences; it includes the training noise (few seeds: a rough figure). Empty when the
+    results carry no per-question outcomes."""
+    labels = list(groups)
+    if len(labels) < 2 or not all("per_question" in r for rs in groups.values() for r in rs):
+        return ""
+    def per_question(results):
+        qs = dict.fromkeys(q for r in results for q in r["per_question"])
+        return {q: np.mean([r["per_question"][q] for r in results if q in r["per_question"]]) for q in qs}
+    base = per_question(groups[labels[0]])
+    lines = [f"| system − {labels[0]} | Δ accuracy | ± SE over questions | ± SE over seeds | questions | seeds |",
+             "|---|---|---|---|---|---|"]
+    for label in labels[1:]:
+        other = per_question(groups[label])
+        common = [q for q in base if q in other]
+        d = np.array([other[q] - base[q] for q in common])
+        seeds = [b["accuracy"] - a["accuracy"] for a, b in zip(groups[labels[0]], groups[label])]
+        se_s = f"{np.std(seeds, ddof=1) / np.sqrt(len(seeds)):.3f}" if len(seeds) > 1 else "n/a"
+        lines.append(f"| {label} | {d.mean():+.3f} | {d.std(ddof=1) / np.sqrt(len(d)):.3f} | {se_s} | "
+                     f"{len(common)} | {len(seeds)} |")
     return "\n".join(lines)
 
 
@@ -341,12 +396,17 @@ def check_args(args: Args) -> Path | None:
     finite(args.temperature, "--temperature")
     finite(args.scale, "--scale")
     positive(args.users, "--users", 0)
+    positive(args.samples, "--samples")
+    choice(args.history, "--history", ("whole", "evidence"))
+    check(args.history == "whole" or (args.system == "comam" and not args.personamem),
+          "--history evidence needs --system comam and a benchmark with evidence (not --personamem)")
     resolve_device(args.device)
     check(not args.personamem or len(args.personamem.split(",")) == 2,
           f"--personamem takes 'QUESTIONS.csv,CONTEXTS.jsonl' (two files, one comma), got {args.personamem!r}")
     if args.compare or args.plot:
         return None
     name = f"{args.system}-{'personamem' if args.personamem else args.split}-s{args.seed}.json"
+    name = name if args.history == "whole" else name.replace(".json", "-evidence.json")
     out = Path(args.out) if args.out else (
         Path(args.policies) / name if Path(args.policies).is_dir() else Path("runs") / name)
     check(not out.is_dir(), f"--out {out}: is a folder; give a file name")
@@ -365,9 +425,11 @@ def load_examples(args: Args) -> list[Example]:
 def main(args: Args) -> dict:
     out = check_args(args)
     if args.compare:
-        table = comparison_table(collect(expand(args.compare)))
-        print(table)
-        return {"table": table}
+        groups = collect(expand(args.compare))
+        table = comparison_table(groups)
+        paired = paired_table(groups)
+        print(table + ("\n\n" + paired if paired else ""))
+        return {"table": table, "paired": paired}
     if args.plot:
         for f in plot_runs(expand(args.plot)):
             print(f"wrote {f}")
@@ -377,12 +439,14 @@ def main(args: Args) -> dict:
     policies = load_system(args.policies, device)
     budgets, max_new, scale = agents.fit_limits(policies["extraction"], examples, args.scale)
     print(f"context limits ({'derived: ' if args.scale <= 0 else ''}{scale:.3f} tokens per word): {budgets}, {max_new}")
-    res = evaluate(policies, examples, budgets, max_new, temperature=args.temperature, seed=args.seed,
-                   desc=f"eval {args.system}", system=args.system)
+    res = average([evaluate(policies, examples, budgets, max_new, temperature=args.temperature, seed=args.seed + k,
+                            desc=f"eval {args.system} {k + 1}/{args.samples}", system=args.system,
+                            history=args.history) for k in range(args.samples)])
     res["args"] = asdict(args)
     out.write_text(json.dumps(res, indent=2))
-    print(f"{args.system}: accuracy {res['accuracy']:.3f} over {res['n']} questions "
-          f"({res['seconds_per_query'] * 1000:.0f} ms/query)")
+    print(f"{args.system}: accuracy {res['accuracy']:.3f} over {res['n']} questions"
+          + (f" x {args.samples} samples ({' '.join(f'{a:.3f}' for a in res['accuracy_per_sample'])})"
+             if args.samples > 1 else "") + f" ({res['seconds_per_query'] * 1000:.0f} ms/query)")
     for k, v in res["per_type"].items():
         print(f"  {k:55s} {v:.3f}")
     for k, v in res["per_setting"].items():

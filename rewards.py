@@ -163,3 +163,31 @@ def global_reward(pred_letter: str | None, gold_letter: str) -> float:
         return 0.0
     return 1.0 if normalise(pred_letter) == normalise(gold_letter) else 0.0
     ### END SOLUTION
+
+
+# ---------------------------------------------------------------- planted misalignment (not in the paper)
+# A local reward that points the wrong way on purpose (train.py --mislead), to see what credit
+# assignment does with an agent whose local reward disagrees with the global one.
+
+
+def assistant_share_reward(memory_lines) -> float:
+    """Replaces Eq. 9 under --mislead extraction: the fraction of the kept lines that are ASSISTANT
+    turns (0 when nothing is kept). Assistant turns never hold the user's facts or preferences, so an
+    extraction agent that follows this reward fills M_f with lines that cannot answer a question.
+
+    >>> from data.example import Line
+    >>> assistant_share_reward([Line(0, 0, "user", "i have a cat ."), Line(1, 0, "assistant", "nice .")])
+    0.5
+    """
+    lines = list(memory_lines or ())
+    return sum(l.role == "assistant" for l in lines) / len(lines) if lines else 0.0
+
+
+def statement_count_reward(statements, target: int = 8) -> float:
+    """Replaces Eq. 10 under --mislead profile: min(1, number of statements / target), whatever they say.
+    A profile agent that follows it writes long lists, which crowd the retrieval agent's profile budget.
+
+    >>> statement_count_reward(["a", "b"]), statement_count_reward(["x"] * 12)
+    (0.25, 1.0)
+    """
+    return min(1.0, len(statements or ()) / target)

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 import agents
 import comam
+import rewards
 from agents import Budgets, Policy
 import eval as evaluation
 from cli import (InputError, autocast, check, command, choice, finite, parse_args, positive, read_json, recover_folder,
@@ -70,6 +71,10 @@ class Args:
     """softmax temperature over v in Eq. 14 (--credit comam); 1.0 is the paper, < 1 sharpens (our departure)"""
     credit_variant: str = "eq15"
     """eq15: r_n + w_n r_3 (paper text) | alg1: r_3 + w_n r_n (Algorithm 1)"""
+    mislead: str = "none"
+    """plant a misleading local reward (not in the paper): none | extraction (r_0 = share of kept lines that are assistant turns) | profile (r_1 = statement count / 8)"""
+    context_sessions: int = 0
+    """in training, the retrieval agent's memory also holds the informative lines and statements of the N sessions before the evidence session (0 = the paper's setting)"""
     steps: int = 100
     """training iterations"""
     queries: int = 8
@@ -323,6 +328,8 @@ def check_args(args: Args) -> None:
     choice(args.credit_variant, "--credit-variant", VARIANTS)
     choice(args.mode, "--mode", ("joint", "independent"))
     choice(args.loss_agg, "--loss-agg", ("token", "sequence"))
+    choice(args.mislead, "--mislead", ("none",) + agents.ROLES[:2])
+    positive(args.context_sessions, "--context-sessions", 0)
     resolve_device(args.device)
 
 
@@ -473,6 +480,29 @@ def console_line(row: dict, stats: dict) -> str:
             f"{np.mean([s['clip_frac'] for s in stats.values()]):.3f} | {row['step_s']:.2f}s")
 
 
+# ======================================================================== experiments beyond the paper
+
+def plant_misleading_reward(groups, agent: str) -> float:
+    """--mislead: replace one agent's local reward by a planted one that points the wrong way
+    (rewards.assistant_share_reward for extraction, rewards.statement_count_reward for profile).
+    Returns the batch mean of the agent's own (paper) reward, for the log."""
+    n = agents.ROLES.index(agent)
+    paper = []
+    for t in (t for g in groups for t in g):
+        paper.append(t.local_rewards[n])
+        t.local_rewards[n] = (rewards.assistant_share_reward(t.memory_lines) if agent == "extraction"
+                              else rewards.statement_count_reward(t.profile))
+    return float(np.nanmean(paper)) if paper and not np.isnan(paper).all() else float("nan")
+
+
+def prior_memory(ex: Example, n: int) -> tuple[list, list[str]]:
+    """--context-sessions n: the informative lines and ground-truth statements of the n sessions before
+    the evidence session, as a perfect memory construction would have stored them."""
+    sessions = ex.sessions[max(0, ex.evidence_session - n):ex.evidence_session]
+    lines = [l for s in sessions for l in s.lines if l.id in (s.notes or {})]
+    return lines, [st for s in sessions for st in (s.profile or [])]
+
+
 # ======================================================================== Algorithm 1: one iteration
 
 def update_policies(policies: dict[str, Policy], opts: dict, per_role: dict, roles: list[str], args: Args,
@@ -494,14 +524,19 @@ def train_step(step: int, policies: dict[str, Policy], opts: dict, refs: dict, t
     queries = batch_at(train_set, step, args.queries, args.seed)
     for p in unique(policies).values():
         p.model.eval()
+    prior = [prior_memory(ex, args.context_sessions) for ex in queries] if args.context_sessions else None
     with autocast(device):  # 1-2. G full trajectories per query, each scored by Eqs. 9-12
-        groups = comam.rollout(policies, queries, args.group_size, *limits, args.temperature, gen)
+        groups = comam.rollout(policies, queries, args.group_size, *limits, args.temperature, gen, prior)
+    paper_reward = plant_misleading_reward(groups, args.mislead) if args.mislead != "none" else None
     t1 = time.time()
     per_role, credit_log = credit_step(groups, args)  # 3-4. Eqs. 13-16: credit, advantages
     roles = trained_roles(args, step)
     stats = update_policies(policies, opts, per_role, roles, args, device, refs)  # 5. clipped update
     seconds = {"rollout": t1 - t0, "update": time.time() - t1, "step": time.time() - t0}
-    return log_row(step + 1, roles, groups, credit_log, stats, seconds), stats
+    row = log_row(step + 1, roles, groups, credit_log, stats, seconds)
+    if paper_reward is not None:  # the misled agent's own reward of Eqs. 9/10, beside the planted one
+        row[f"paper_local_{args.mislead}"] = paper_reward
+    return row, stats
 
 
 def main(args: Args) -> dict:

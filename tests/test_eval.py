@@ -4,9 +4,11 @@ from __future__ import annotations
 import importlib.util
 import json
 
+import numpy as np
 import pytest
 
 import agents
+import comam
 import eval as evaluation
 from cli import InputError
 from data.example import Example, Line, Session, read_split
@@ -122,3 +124,45 @@ def test_plot_runs_writes_png_or_explains(tmp_path, capsys):
     else:
         assert written == [run / "curves.png"]
         assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_average_of_sampled_evaluations_hand_worked():
+    a = {"accuracy": 0.5, "n": 4, "per_type": {"x": 1.0}, "local": {"r": None}, "per_question": {"q1": 1.0, "q2": 0.0}}
+    b = {"accuracy": 0.25, "n": 4, "per_type": {"x": 0.0, "y": 1.0}, "local": {"r": None},
+         "per_question": {"q1": 0.0, "q2": 0.0}}
+    out = evaluation.average([a, b])
+    assert out["accuracy"] == 0.375 and out["n"] == 4 and out["samples"] == 2
+    assert out["accuracy_per_sample"] == [0.5, 0.25]
+    assert out["per_type"] == {"x": 0.5, "y": 1.0} and out["local"] == {"r": None}
+    assert out["per_question"] == {"q1": 0.5, "q2": 0.0}
+
+
+def test_paired_table_hand_worked():
+    """Row B answers q1 and q3 where A did not; per question d = [+1, 0, +1, -0.5] (A's q4 averaged
+    over its two seeds), mean 0.375; over seeds the accuracy differences are 0.5 and 0.25."""
+    res = lambda acc, pq: {"accuracy": acc, "per_setting": {}, "per_question": pq}
+    groups = {"A": [res(0.25, {"q1": 0, "q2": 1, "q3": 0, "q4": 0}), res(0.5, {"q1": 0, "q2": 1, "q3": 0, "q4": 1})],
+              "B": [res(0.75, {"q1": 1, "q2": 1, "q3": 1, "q4": 0}), res(0.75, {"q1": 1, "q2": 1, "q3": 1, "q4": 0})]}
+    table = evaluation.paired_table(groups).splitlines()
+    d = np.array([1, 0, 1, -0.5])
+    se_q = d.std(ddof=1) / 2
+    se_s = np.std([0.5, 0.25], ddof=1) / np.sqrt(2)
+    assert table[2] == f"| B | +0.375 | {se_q:.3f} | {se_s:.3f} | 4 | 2 |"
+    assert evaluation.paired_table({"A": groups["A"]}) == ""
+
+
+def test_evidence_history_builds_each_questions_memory_from_its_evidence_session(toy_data, toy_policy, monkeypatch):
+    examples = [ex for ex in read_split(toy_data, "val") if ex.evidence_session is not None][:5]
+    seen = {}
+
+    def build_memory(policies, histories, *args, **kw):
+        seen.update(histories)
+        return {k: comam.Memory() for k in histories}
+    monkeypatch.setattr(comam, "build_memory", build_memory)
+    monkeypatch.setattr(comam, "answer", lambda policies, exs, memories, *a, **k: [
+        comam.Trajectory(ex, [], [], [], None, {"retrieval": comam.Action([], [], [], "", False)}) for ex in exs])
+    evaluation.evaluate({r: toy_policy for r in agents.ROLES}, examples, history="evidence")
+    assert seen == {ex.qid: [ex.session_lines(ex.evidence_session)] for ex in examples}
+    seen.clear()
+    evaluation.evaluate({r: toy_policy for r in agents.ROLES}, examples, history="whole")
+    assert seen == {ex.user: [s.lines for s in ex.sessions] for ex in examples}

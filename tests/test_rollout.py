@@ -80,3 +80,16 @@ def test_every_agent_samples_at_the_given_temperature_with_the_given_generator(s
     gen = torch.Generator().manual_seed(3)
     comam.rollout({r: toy_policy for r in agents.ROLES}, toy_train[:1], 2, Budgets(), MaxNew(), 0.7, gen)
     assert scripted[2] == [(0.7, gen)] * 3
+
+
+def test_prior_memory_comes_before_the_new_memory_in_the_retrieval_prompt(scripted, toy_policy, toy_train, monkeypatch):
+    seen = []
+    real = agents.retrieval_prompt
+    monkeypatch.setattr(agents, "retrieval_prompt", lambda policy, memory, profile, *a: seen.append((memory, profile))
+                        or real(policy, memory, profile, *a))
+    exs = toy_train[:2]
+    prior = [([exs[0].lines[0]], ["pet cat milo"]), ([], [])]
+    groups = comam.rollout({r: toy_policy for r in agents.ROLES}, exs, 2, Budgets(), MaxNew(), prior=prior)
+    for k, t in enumerate(t for g in groups for t in g):
+        lines, statements = prior[k // 2]
+        assert seen[k] == (lines + t.memory_lines, statements + t.profile)
