@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# "When credit matters" (README): CoMAM's credit rules with one agent's local reward planted to mislead,
+# and the training-vs-deployed gap. Run by scripts/reproduce.sh, or alone:
+#
+#   bash scripts/credit_matters.sh                         # STEPS=100 SEEDS="1 2 3" SAMPLES=3 (the README's numbers)
+#   STEPS=2 SEEDS=1 SAMPLES=1 OUT=/tmp/cm bash scripts/credit_matters.sh   # a smoke run
+#
+# Decided before any of these runs was seen (README, "When credit matters"):
+#   * the misled agent is the extraction agent, r_0 := share of the kept lines that are assistant turns
+#     (train.py --mislead extraction);
+#   * rules: CoMAM (tau = 1), CoMAM with a sharper tau chosen on VALIDATION among 0.3 and 0.1 (seed 1
+#     only), equal share, global only, local only; same budget as every other run; 3 seeds;
+#   * test accuracy = the mean of SAMPLES evaluations (sampling seeds S, S+1, ...), paired on questions;
+#   * transfer: --context-sessions 3 against the paper's setting, 3 seeds, evaluated deployed (whole
+#     history) and in the training setting (evidence session alone).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+STEPS=${STEPS:-100}
+SEEDS=${SEEDS:-"1 2 3"}
+SAMPLES=${SAMPLES:-3}
+OUT=${OUT:-runs/credit-matters}
+TEST=$OUT/test
+mkdir -p "$TEST"
+start=$(date +%s)
+
+train() {  # name seed flags...: train unless finished, then evaluate on test (deployed and training setting)
+  local name=$1 seed=$2; shift 2
+  if [ ! -f "$OUT/$name-s$seed/summary.json" ]; then
+    python train.py --exp-name "$name" --seed "$seed" --steps "$STEPS" --out "$OUT" "$@"
+  fi
+  [ -f "$TEST/$name-s$seed.json" ] || python eval.py --policies "$OUT/$name-s$seed/ckpt" --split test \
+    --seed "$seed" --samples "$SAMPLES" --out "$TEST/$name-s$seed.json"
+  [ -f "$TEST/evidence/$name-s$seed.json" ] || python eval.py --policies "$OUT/$name-s$seed/ckpt" --split test \
+    --seed "$seed" --history evidence --out "$TEST/evidence/$name-s$seed.json"
+}
+
+# ---- the warm start in both settings
+for s in $SEEDS; do
+  [ -f "$TEST/no-train-s$s.json" ] || python eval.py --split test --seed "$s" --samples "$SAMPLES" --out "$TEST/no-train-s$s.json"
+  [ -f "$TEST/evidence/no-train-s$s.json" ] || python eval.py --split test --seed "$s" --history evidence \
+    --out "$TEST/evidence/no-train-s$s.json"
+done
+
+# ---- planted misalignment: the extraction agent rewarded for keeping assistant turns
+first=${SEEDS%% *}
+for tau in 0.3 0.1; do train "misled-CoMAM-tau$tau" "$first" --mislead extraction --credit-temp "$tau"; done
+best=$(python - "$OUT" "$first" <<'EOF'
+import json, sys
+out, seed = sys.argv[1], sys.argv[2]
+acc = {tau: json.load(open(f"{out}/misled-CoMAM-tau{tau}-s{seed}/summary.json"))["final"]["accuracy"] for tau in ("0.3", "0.1")}
+print(max(acc, key=acc.get))
+EOF
+)
+echo "sharper tau chosen on validation (seed $first): $best" | tee "$OUT/chosen_tau.txt"
+for s in $SEEDS; do
+  train misled-CoMAM "$s" --mislead extraction
+  train "misled-CoMAM-tau$best" "$s" --mislead extraction --credit-temp "$best"
+  train misled-equal-share "$s" --mislead extraction --credit equal
+  train misled-global-only "$s" --mislead extraction --credit global
+  train misled-local-only "$s" --mislead extraction --credit local
+done
+
+# ---- transfer: prior memory of 3 sessions in training, against the paper's setting
+for s in $SEEDS; do
+  train CoMAM "$s"
+  train CoMAM-context3 "$s" --context-sessions 3
+done
+
+# ---- tables: test accuracy (mean ± std over seeds) and paired differences against the first row
+tabledir() { local dir=$1; shift; python eval.py --compare "$(for n in "$@"; do ls "$dir"/"$n"-s*.json 2>/dev/null || true; done | tr '\n' ' ')"; }
+{
+  echo "## Misled extraction agent: test, deployed"
+  tabledir "$TEST" misled-equal-share misled-CoMAM "misled-CoMAM-tau$best" misled-global-only misled-local-only no-train
+  echo; echo "## Misled extraction agent: validation (end of training)"
+  python eval.py --compare "$(ls -d "$OUT"/misled-equal-share-s* "$OUT"/misled-CoMAM-s* "$OUT/misled-CoMAM-tau$best"-s* \
+    "$OUT"/misled-global-only-s* "$OUT"/misled-local-only-s* | tr '\n' ' ')"
+  echo; echo "## Transfer: test, deployed (whole history)"; tabledir "$TEST" CoMAM CoMAM-context3 no-train
+  echo; echo "## Transfer: test, training setting (evidence session alone)"; tabledir "$TEST/evidence" CoMAM CoMAM-context3 no-train
+} | tee "$OUT/tables.md"
+python eval.py --plot "$(ls -d "$OUT"/misled-CoMAM-s* "$OUT"/misled-equal-share-s* | tr '\n' ' ')" || true
+echo "credit_matters.sh: $(( $(date +%s) - start )) s"
