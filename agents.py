@@ -29,6 +29,7 @@ masks always come from lengths and the EOS token stays inside the completion.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import re
@@ -492,32 +493,75 @@ def _cache_of(out):
     return cache if cache is not None else out.past_key_values
 
 
+SHARE_PROMPTS = True  # compute each group's shared prompt once, in sampling and in the update (train.py --share-prompts)
+
+
+@contextlib.contextmanager
+def prompt_sharing(on: bool):
+    """`with prompt_sharing(False):` computes every prompt in full (SHARE_PROMPTS), then restores it."""
+    global SHARE_PROMPTS
+    before, SHARE_PROMPTS = SHARE_PROMPTS, on
+    try:
+        yield
+    finally:
+        SHARE_PROMPTS = before
+
+
+def distinct_rows(prompts: list[list[int]]) -> tuple[list[list[int]], list[int]]:
+    """The distinct prompts, in first-seen order, and for each prompt the index of its distinct one.
+
+    >>> distinct_rows([[5, 6], [5, 6], [7], [5, 6]])
+    ([[5, 6], [7]], [0, 0, 1, 0])
+    """
+    index: dict[tuple, int] = {}
+    owner = [index.setdefault(tuple(p), len(index)) for p in prompts]
+    return [list(p) for p in index], owner
+
+
+def _prefill(model, prompts: list[list[int]], pad_id: int, share: bool):
+    """The first forward of sampling: left-padded prompts, position ids from the attention mask (0 at
+    each row's first real token), KV cache; logits at the last position only. With `share`, each
+    distinct prompt is computed once and its cache and logits are then copied to its rows (the G
+    trajectories of one query start from the same extraction prompt).
+    Returns (output with .logits (B, 1, V) and the cache, mask (B, T), positions (B, T))."""
+    dev = next(model.parameters()).device
+    distinct, owner = distinct_rows(prompts) if share else (prompts, list(range(len(prompts))))
+    ids, mask = left_pad(distinct, pad_id)  # (D, T), (D, T)
+    ids, mask = ids.to(dev), mask.to(dev)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (D, T)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+    if len(distinct) < len(prompts):  # copy each distinct prompt's cache, logits, mask to its rows
+        rows = torch.tensor(owner, device=dev)  # (B,)
+        _cache_of(out).reorder_cache(rows)
+        out.logits = out.logits[rows]  # (B, 1, V)
+        mask, pos = mask[rows], pos[rows]  # (B, T)
+    return out, mask, pos
+
+
 @torch.no_grad()
 def sample(policy: Policy, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
-           batch_size: int = 256, generator: torch.Generator | None = None):
+           batch_size: int = 256, generator: torch.Generator | None = None, share_prompts: bool | None = None):
     """Sample one completion per prompt; returns (completion ids, their log-probs), both lists of lists.
 
     Batched: one forward per new token over `batch_size` prompts, left-padded with position ids from
-    the attention mask, KV cache. temperature 0 = greedy. Each completion ends with its EOS token when
-    one was sampled (kept: it is part of the action), else stops at `max_new_tokens`. Log-probs are
-    float32 log-softmax(logits / temperature) at the sampled token (greedy: temperature 1).
-    The language-model head runs on the last position only (`logits_to_keep=1`): the prompt's other
-    positions need no logits.
+    the attention mask, KV cache (`_prefill` makes the first forward; identical prompts are computed
+    once when `share_prompts`, default SHARE_PROMPTS). temperature 0 = greedy. Each completion ends
+    with its EOS token when one was sampled (kept: it is part of the action), else stops at
+    `max_new_tokens`. Log-probs are float32 log-softmax(logits / temperature) at the sampled token
+    (greedy: temperature 1). Shapes: B prompts of the batch, V vocabulary, t tokens so far.
     """
     ### BEGIN SOLUTION (assignment 4, extra)
     model, dev = policy.model, next(policy.model.parameters()).device
+    share = SHARE_PROMPTS if share_prompts is None else share_prompts
     cache_kw = _cache_name(model)
     was_training = model.training
     model.eval()
     out_ids, out_lp = [], []
     for start in range(0, len(prompts), batch_size):
-        ids, mask = left_pad(prompts[start:start + batch_size], policy.pad_id)  # (B, T), (B, T)
-        ids, mask = ids.to(dev), mask.to(dev)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): 0 at the first real token
-        B = ids.shape[0]
+        out, mask, pos = _prefill(model, prompts[start:start + batch_size], policy.pad_id, share)  # (B, T) masks
+        B = mask.shape[0]
         done = torch.zeros(B, dtype=torch.bool, device=dev)
         toks, lps = [], []
-        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
         next_pos = pos[:, -1:] + 1  # (B, 1)
         for _ in range(max_new_tokens):
             logits = out.logits[:, -1, :].float()  # (B, V)
@@ -561,15 +605,98 @@ def _logits_at(model, ids: torch.Tensor, attn: torch.Tensor, where: torch.Tensor
     those positions only. With a 49k-word vocabulary the head over every position of a batch of
     prompts would cost more memory than the model itself. Models whose head is more than a linear
     layer (logit soft-capping or scaling in the causal-LM forward) take the full forward instead."""
-    cfg = model.config
-    if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None):
+    if _special_head(model):
         return model(input_ids=ids, attention_mask=attn, use_cache=False).logits[:, :-1][where]
     hidden = model.base_model(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state  # (B, T, H)
     return model.get_output_embeddings()(hidden[:, :-1][where])  # (N, V)
 
 
+MIN_SHARED = 0.25  # share prompt prefixes in the update only when that skips this fraction of the prompt tokens
+
+
+def prefix_plan(prompts: list[list[int]]) -> tuple[list[list[int]], list[int]] | None:
+    """Which prompt prefix each row of an update batch shares, or None when sharing would not pay.
+
+    Two ways to share, the one that skips more prompt tokens wins: identical prompts (the G rows of one
+    query's extraction agent) share all but their last token; otherwise every row shares the batch's
+    longest common prefix (the instruction of a chat model), capped one token before the shortest
+    prompt ends. The last prompt token always stays in the row's own part: its logits score the first
+    completion token. Returns (prefixes, owner): owner[i] is the index of row i's prefix.
+    Worked example: prompts [5 6 7], [5 6 7], [5 6 8 9] -> identical prompts skip 2 tokens, the common
+    prefix [5 6] skips (3 - 1) x 2 = 4 of 10:
+
+    >>> prefix_plan([[5, 6, 7], [5, 6, 7], [5, 6, 8, 9]])
+    ([[5, 6]], [0, 0, 0])
+    >>> prefix_plan([[5, 6, 7, 8], [5, 6, 7, 8], [9, 6, 7]])   # identical prompts skip 3 of 11
+    ([[5, 6, 7], [9, 6]], [0, 0, 1])
+    """
+    distinct, owner = distinct_rows(prompts)
+    by_group = sum(len(p) - 1 for p in prompts) - sum(len(p) - 1 for p in distinct)
+    lcp = 0
+    while lcp < min(len(p) for p in prompts) - 1 and all(p[lcp] == prompts[0][lcp] for p in prompts):
+        lcp += 1
+    by_lcp = (len(prompts) - 1) * lcp
+    if max(by_group, by_lcp) < MIN_SHARED * sum(len(p) for p in prompts):
+        return None
+    if by_group >= by_lcp:
+        return [p[:-1] for p in distinct], owner
+    return [prompts[0][:lcp]], [0] * len(prompts)
+
+
+def completion_logits(model, ids: torch.Tensor, attn: torch.Tensor, where: torch.Tensor, prompts, completions,
+                      pad_id: int, share_prompts: bool | None = None) -> torch.Tensor:
+    """Logits (N, V) that score the N completion tokens of a right-padded batch (ids, attn (B, T);
+    where (B, T-1) marks the scoring positions), row by row: through `_shared_logits` when the rows
+    share enough of their prompts (prefix_plan), else through `_logits_at`. Activation checkpointing
+    keeps no cache, so it takes the plain path."""
+    share = SHARE_PROMPTS if share_prompts is None else share_prompts
+    checkpointing = getattr(model, "is_activation_checkpointing", None)
+    checkpointing = checkpointing if checkpointing is not None else getattr(model, "is_gradient_checkpointing", False)
+    plan = prefix_plan(prompts) if share and not checkpointing and not _special_head(model) else None
+    if plan is None:
+        return _logits_at(model, ids, attn, where)
+    return _shared_logits(model, prompts, completions, pad_id, *plan)
+
+
+def _special_head(model) -> bool:
+    cfg = model.config
+    return bool(getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None))
+
+
+def _shared_logits(model, prompts, completions, pad_id: int, prefixes: list[list[int]], owner: list[int]):
+    """The completion logits with each shared prefix forwarded once: the D prefixes (left-padded) fill a
+    KV cache that is copied to the B rows (`reorder_cache`, an index_select: gradients flow back to the
+    shared prefix through it); then each row's own part, rest = prompt after its prefix + completion
+    (right-padded), is forwarded on that cache with position ids that continue its prefix. Completion
+    token k of row i sits at rest index r_i + k, r_i = its prompt remainder's length, and is scored by
+    the hidden state at r_i + k - 1. Returns (N, V) in the same row-major order as `_logits_at`."""
+    dev = next(model.parameters()).device
+    base, head = model.base_model, model.get_output_embeddings()
+    ids, mask = left_pad(prefixes, pad_id)  # (D, Tp)
+    ids, mask = ids.to(dev), mask.to(dev)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (D, Tp)
+    cache = _cache_of(base(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True))
+    rows = torch.tensor(owner, device=dev)  # (B,)
+    cache.reorder_cache(rows)  # (B, heads, Tp, d) per layer
+    rests = [p[len(prefixes[o]):] + c for p, c, o in zip(prompts, completions, owner)]
+    Tr = max(len(r) for r in rests)
+    rest_ids = torch.full((len(rests), Tr), pad_id, dtype=torch.long)
+    rest_mask = torch.zeros((len(rests), Tr), dtype=torch.long)
+    where = torch.zeros((len(rests), Tr), dtype=torch.bool)
+    for i, (r, c) in enumerate(zip(rests, completions)):
+        rest_ids[i, :len(r)] = torch.tensor(r)
+        rest_mask[i, :len(r)] = 1
+        where[i, len(r) - len(c) - 1:len(r) - 1] = True
+    rest_ids, rest_mask, where = rest_ids.to(dev), rest_mask.to(dev), where.to(dev)
+    start = torch.tensor([len(prefixes[o]) for o in owner], device=dev)  # (B,): each row's prefix length
+    positions = start[:, None] + torch.arange(Tr, device=dev)[None, :]  # (B, Tr)
+    hidden = base(input_ids=rest_ids, attention_mask=torch.cat([mask[rows], rest_mask], dim=1),
+                  position_ids=positions, use_cache=True, **{_cache_name(base): cache}).last_hidden_state  # (B, Tr, H)
+    return head(hidden[where])  # (N, V)
+
+
 def completion_logprobs(model, prompts: list[list[int]], completions: list[list[int]], pad_id: int,
-                        temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+                        temperature: float = 1.0, share_prompts: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probs of `completions` given `prompts`, float32, logits divided by `temperature`.
 
     Worked example (P = prompt, C = completion, e = eos = pad), right-padded:
@@ -580,6 +707,9 @@ def completion_logprobs(model, prompts: list[list[int]], completions: list[list[
                      [1  1  0  0]          <- from lengths, so the EOS of row 2 counts, its pads not
     Returns (logp, mask), both (B, T-1); logp is 0 where mask is 0.
     Right padding needs no position ids: every row starts at position 0.
+    The logits come from `completion_logits`, which runs the language-model head on the completion
+    positions only and, with `share_prompts` (default SHARE_PROMPTS), computes a prompt prefix shared
+    by several rows once; the result is the same either way.
     """
     ### BEGIN SOLUTION (assignment 3)
     seqs = [p + c for p, c in zip(prompts, completions)]
@@ -594,7 +724,8 @@ def completion_logprobs(model, prompts: list[list[int]], completions: list[list[
         mask[i, len(p) - 1:len(p) + len(c) - 1] = 1.0
     ids, attn, mask = ids.to(dev), attn.to(dev), mask.to(dev)
     where = mask.bool()  # (B, T-1): the positions whose logits score a completion token
-    logits = _logits_at(model, ids, attn, where).float()  # (N, V), N = completion tokens in the batch
+    logits = completion_logits(model, ids, attn, where, prompts, completions, pad_id, share_prompts)  # (N, V)
+    logits = logits.float()  # N = completion tokens in the batch, in row-major order
     logp_flat = torch.log_softmax(logits / temperature, dim=-1)  # (N, V)
     logp_flat = logp_flat.gather(-1, ids[:, 1:][where][:, None]).squeeze(-1)  # (N,): at the target tokens
     logp = torch.zeros(mask.shape, dtype=torch.float32, device=dev).masked_scatter(where, logp_flat)  # (B, T-1)

@@ -95,6 +95,8 @@ class Args:
     """updates per batch; with 1 the old log-probs are the current ones (ratio exactly 1), no extra forward pass"""
     micro_batch: int = 64
     """sequences per forward/backward (gradient accumulation; the loss does not depend on it)"""
+    share_prompts: bool = True
+    """compute a prompt (prefix) shared by several rows once, in sampling and in the update (same results, faster)"""
     max_grad_norm: float = 1.0
     """gradient clipping"""
     eval_every: int = 0
@@ -337,7 +339,7 @@ def check_args(args: Args) -> None:
 # from, or how it is computed, not what it computes (the loss does not depend on --micro-batch;
 # checkpointing only trades memory for time)
 MAY_CHANGE_ON_RESUME = ("steps", "eval_every", "save_every", "micro_batch", "gradient_checkpointing", "device",
-                        "resume", "out")
+                        "resume", "out", "share_prompts")
 
 
 def run_folder(args: Args) -> Path:
@@ -558,7 +560,8 @@ def main(args: Args) -> dict:
         logged_evaluation(run, "no-train")
     bar = tqdm(range(start, args.steps), desc=args.exp_name, dynamic_ncols=True, initial=start, total=args.steps)
     for step in bar:
-        row, stats = train_step(step, policies, opts, refs, train_set, limits, args, device)
+        with agents.prompt_sharing(args.share_prompts):
+            row, stats = train_step(step, policies, opts, refs, train_set, limits, args, device)
         with open(run / "log.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
         bar.set_postfix(glob=f"{row['global_reward']:.2f}")

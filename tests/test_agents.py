@@ -185,3 +185,56 @@ def test_fit_keeps_the_leading_or_the_newest_texts(toy_policy):
     assert agents.fit(toy_policy, texts, 12, newest=True) == [2]
     assert agents.fit(toy_policy, texts, 14, newest=True) == [1, 2]
     assert agents.fit(toy_policy, texts, 21) == [0, 1, 2] and agents.fit(toy_policy, [], 10) == []
+
+
+def _double_policy(toy_tokenizer):
+    model = agents.build_tiny(toy_tokenizer, hidden=32, layers=2, heads=2, seed=4).double()
+    return agents.Policy(model, toy_tokenizer, "toy64")
+
+
+SHARED_BATCHES = {
+    # the G rows of two queries: identical prompts of different lengths (left padding in the prefix
+    # forward), completions of different lengths, with and without EOS (pad == eos)
+    "groups": ([[5, 6, 7, 8, 9]] * 3 + [[10, 11, 12]] * 2, [[20, 21, 1], [22], [23, 24, 25, 26], [27, 1], [28, 29]]),
+    # different prompts behind one long common prefix (a chat model's instruction)
+    "common prefix": ([[3, 4, 5, 6, 7, 8, 30], [3, 4, 5, 6, 7, 8, 31, 32], [3, 4, 5, 6, 7, 8, 33, 34, 35]],
+                      [[40, 1], [41, 42, 43], [44]]),
+}
+
+
+@pytest.mark.assignment3
+@pytest.mark.parametrize("case", list(SHARED_BATCHES))
+def test_shared_prompt_log_probs_and_gradients_equal_the_plain_path(case, toy_tokenizer, monkeypatch):
+    """float64 on CPU: the shared-prefix update computes the same per-token log-probs, and the same
+    gradients, as one forward per row. (transformers' RMSNorm computes in float32 even in a float64
+    model; it is replaced here by the same formula in float64, so that both paths agree to 1e-12.)"""
+    import transformers.models.qwen2.modeling_qwen2 as qwen2
+
+    def rms_norm_float64(self, h):
+        return self.weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
+    monkeypatch.setattr(qwen2.Qwen2RMSNorm, "forward", rms_norm_float64)
+    prompts, comps = SHARED_BATCHES[case]
+    assert agents.prefix_plan(prompts) is not None  # the batch is shared
+    pol = _double_policy(toy_tokenizer)
+    results = []
+    for share in (False, True):
+        pol.model.zero_grad()
+        logp, mask = agents.completion_logprobs(pol.model, prompts, comps, pol.pad_id, 0.7, share_prompts=share)
+        (logp * torch.arange(1, logp.shape[1] + 1, dtype=logp.dtype)).sum().backward()  # weights differ per token
+        results.append((logp.detach(), mask, [p.grad.clone() for p in pol.model.parameters()]))
+    (a, ma, ga), (b, mb, gb) = results
+    assert torch.equal(ma, mb)
+    assert torch.allclose(a.double(), b.double(), atol=1e-10)
+    for x, y in zip(ga, gb):
+        assert (x - y).abs().max() <= 1e-12 * y.abs().max()
+
+
+@pytest.mark.assignment4
+def test_shared_prompt_sampling_equals_the_plain_sampler(toy_policy):
+    prompts = [[5, 6, 7, 8]] * 3 + [[9, 10]] * 2 + [[11, 12, 13]]
+    for temperature in (0.0, 1.0):
+        runs = [agents.sample(toy_policy, prompts, 6, temperature, generator=torch.Generator().manual_seed(2),
+                              share_prompts=share) for share in (False, True)]
+        assert runs[0][0] == runs[1][0]
+        for x, y in zip(runs[0][1], runs[1][1]):
+            assert x == pytest.approx(y, abs=1e-5)
