@@ -126,6 +126,9 @@ def metrics(trajs: list[comam.Trajectory], memories: list[comam.Memory], policy:
                            "retrieval": float(np.mean([not t.actions["retrieval"].ok for t in trajs]))},
         "seconds_per_query": seconds / max(1, len(trajs)),
         "per_question": {t.example.qid: t.global_reward for t in trajs},  # for paired comparisons
+        "failure_examples": [{"qid": t.example.qid, "output": t.actions["retrieval"].text,
+                              "memory_lines": len(t.memory_lines)}
+                             for t in trajs if not t.actions["retrieval"].ok][:5],  # what a format failure looks like
     }
 
 
@@ -226,11 +229,14 @@ def evaluate(policies: dict[str, Policy], examples: list[Example], budgets: Budg
 
 def average(results: list[dict]) -> dict:
     """One result from several evaluations of the same checkpoint (sampling seeds): every number is
-    averaged (a missing or None value is skipped); `accuracy_per_sample` keeps each one's accuracy."""
+    averaged (a missing or None value is skipped), lists are the first one's; `accuracy_per_sample`
+    keeps each one's accuracy."""
     def mean(values):
         if isinstance(values[0], dict):
             keys = dict.fromkeys(k for v in values for k in v)
             return {k: mean([v.get(k) for v in values if isinstance(v, dict)]) for k in keys}
+        if isinstance(values[0], list):  # examples of failures: the first evaluation's
+            return values[0]
         numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
         return float(np.mean(numbers)) if numbers else None
     out = mean(results)
