@@ -494,6 +494,7 @@ def _cache_of(out):
 
 
 SHARE_PROMPTS = True  # compute each group's shared prompt once, in sampling and in the update (train.py --share-prompts)
+MIN_SHARED = 0.25  # share a common prefix only when that skips at least this fraction of the prompt tokens
 
 
 @contextlib.contextmanager
@@ -518,19 +519,48 @@ def distinct_rows(prompts: list[list[int]]) -> tuple[list[list[int]], list[int]]
     return [list(p) for p in index], owner
 
 
+def common_prefix(prompts: list[list[int]]) -> int:
+    """Length of the prompts' longest common prefix, capped one token before the shortest one ends
+    (that last token's logits are needed: they score the first new token).
+
+    >>> common_prefix([[1, 2, 3, 4], [1, 2, 3], [1, 2, 9, 9]]), common_prefix([[1, 2], [1, 2]])
+    (2, 1)
+    """
+    n, cap = 0, min(len(p) for p in prompts) - 1
+    while n < cap and all(p[n] == prompts[0][n] for p in prompts):
+        n += 1
+    return n
+
+
 def _prefill(model, prompts: list[list[int]], pad_id: int, share: bool):
     """The first forward of sampling: left-padded prompts, position ids from the attention mask (0 at
-    each row's first real token), KV cache; logits at the last position only. With `share`, each
-    distinct prompt is computed once and its cache and logits are then copied to its rows (the G
-    trajectories of one query start from the same extraction prompt).
+    each row's first real token), KV cache; logits at the last position only.
+
+    With `share`: each distinct prompt is computed once and its cache and logits are then copied to
+    its rows (the G trajectories of one query start from the same extraction prompt); and when the
+    distinct prompts share a long common prefix (a chat model's instruction: MIN_SHARED of their
+    tokens or more), that prefix is computed once too, and each prompt's remainder is computed on a
+    copy of its cache, right-aligned (the padding sits between the prefix and the remainder, masked).
     Returns (output with .logits (B, 1, V) and the cache, mask (B, T), positions (B, T))."""
     dev = next(model.parameters()).device
     distinct, owner = distinct_rows(prompts) if share else (prompts, list(range(len(prompts))))
-    ids, mask = left_pad(distinct, pad_id)  # (D, T), (D, T)
-    ids, mask = ids.to(dev), mask.to(dev)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (D, T)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
-    if len(distinct) < len(prompts):  # copy each distinct prompt's cache, logits, mask to its rows
+    D, lcp = len(distinct), common_prefix(distinct) if share and len(distinct) > 1 else 0
+    if lcp and (D - 1) * lcp >= MIN_SHARED * sum(len(p) for p in distinct):
+        head = model(input_ids=torch.tensor([distinct[0][:lcp]], device=dev), use_cache=True, logits_to_keep=1)
+        cache = _cache_of(head)
+        cache.reorder_cache(torch.zeros(D, dtype=torch.long, device=dev))  # the prefix, copied to D rows
+        rest, rest_mask = left_pad([p[lcp:] for p in distinct], pad_id)  # (D, Tr)
+        rest, rest_mask = rest.to(dev), rest_mask.to(dev)
+        mask = torch.cat([torch.ones(D, lcp, dtype=torch.long, device=dev), rest_mask], dim=1)  # (D, lcp + Tr)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (D, lcp + Tr)
+        out = model(input_ids=rest, attention_mask=mask, position_ids=pos[:, lcp:], use_cache=True,
+                    logits_to_keep=1, **{_cache_name(model): cache})
+    else:
+        ids, mask = left_pad(distinct, pad_id)  # (D, T), (D, T)
+        ids, mask = ids.to(dev), mask.to(dev)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (D, T)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+    if D < len(prompts):  # copy each distinct prompt's cache, logits, mask to its rows
         rows = torch.tensor(owner, device=dev)  # (B,)
         _cache_of(out).reorder_cache(rows)
         out.logits = out.logits[rows]  # (B, 1, V)
@@ -611,9 +641,6 @@ def _logits_at(model, ids: torch.Tensor, attn: torch.Tensor, where: torch.Tensor
     return model.get_output_embeddings()(hidden[:, :-1][where])  # (N, V)
 
 
-MIN_SHARED = 0.25  # share prompt prefixes in the update only when that skips this fraction of the prompt tokens
-
-
 def prefix_plan(prompts: list[list[int]]) -> tuple[list[list[int]], list[int]] | None:
     """Which prompt prefix each row of an update batch shares, or None when sharing would not pay.
 
@@ -632,9 +659,7 @@ def prefix_plan(prompts: list[list[int]]) -> tuple[list[list[int]], list[int]] |
     """
     distinct, owner = distinct_rows(prompts)
     by_group = sum(len(p) - 1 for p in prompts) - sum(len(p) - 1 for p in distinct)
-    lcp = 0
-    while lcp < min(len(p) for p in prompts) - 1 and all(p[lcp] == prompts[0][lcp] for p in prompts):
-        lcp += 1
+    lcp = common_prefix(prompts)
     by_lcp = (len(prompts) - 1) * lcp
     if max(by_group, by_lcp) < MIN_SHARED * sum(len(p) for p in prompts):
         return None

@@ -230,8 +230,16 @@ def test_shared_prompt_log_probs_and_gradients_equal_the_plain_path(case, toy_to
 
 
 @pytest.mark.assignment4
-def test_shared_prompt_sampling_equals_the_plain_sampler(toy_policy):
-    prompts = [[5, 6, 7, 8]] * 3 + [[9, 10]] * 2 + [[11, 12, 13]]
+@pytest.mark.parametrize("case", ["identical prompts", "a long common prefix"])
+def test_shared_prompt_sampling_equals_the_plain_sampler(case, toy_policy):
+    """Identical prompts computed once, and a common prefix (a chat instruction) computed once with the
+    remainders right-aligned behind it: the same tokens and log-probs as every prompt in full."""
+    if case == "identical prompts":
+        prompts = [[5, 6, 7, 8]] * 3 + [[9, 10]] * 2 + [[11, 12, 13]]
+    else:
+        instruction = list(range(20, 44))
+        prompts = [instruction + [50]] * 2 + [instruction + [51, 52, 53]] + [instruction + [54, 55]]
+        assert agents.common_prefix(agents.distinct_rows(prompts)[0]) == len(instruction)
     for temperature in (0.0, 1.0):
         runs = [agents.sample(toy_policy, prompts, 6, temperature, generator=torch.Generator().manual_seed(2),
                               share_prompts=share) for share in (False, True)]
