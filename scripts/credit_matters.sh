@@ -10,6 +10,7 @@
 #     (train.py --mislead extraction);
 #   * rules: CoMAM (tau = 1), CoMAM with a sharper tau chosen on VALIDATION among 0.3 and 0.1 (seed 1
 #     only), equal share, global only, local only; same budget as every other run; 3 seeds;
+#     and, added to the plan before any result was seen, CoMAM with Algorithm 1's variant (alg1);
 #   * test accuracy = the mean of SAMPLES evaluations (sampling seeds S, S+1, ...), paired on questions;
 #   * transfer: --context-sessions 3 against the paper's setting, 3 seeds, evaluated deployed (whole
 #     history) and in the training setting (evidence session alone).
@@ -23,10 +24,11 @@ TEST=$OUT/test
 mkdir -p "$TEST"
 start=$(date +%s)
 
-train() {  # name seed flags...: train unless finished, then evaluate on test (deployed and training setting)
+train() {  # name seed flags...: train unless finished (resuming a stopped run), then evaluate on test
   local name=$1 seed=$2; shift 2
   if [ ! -f "$OUT/$name-s$seed/summary.json" ]; then
-    python train.py --exp-name "$name" --seed "$seed" --steps "$STEPS" --out "$OUT" "$@"
+    local resume=(); [ -d "$OUT/$name-s$seed" ] && resume=(--resume)
+    python train.py --exp-name "$name" --seed "$seed" --steps "$STEPS" --out "$OUT" "${resume[@]}" "$@"
   fi
   [ -f "$TEST/$name-s$seed.json" ] || python eval.py --policies "$OUT/$name-s$seed/ckpt" --split test \
     --seed "$seed" --samples "$SAMPLES" --out "$TEST/$name-s$seed.json"
@@ -58,6 +60,7 @@ for s in $SEEDS; do
   train misled-equal-share "$s" --mislead extraction --credit equal
   train misled-global-only "$s" --mislead extraction --credit global
   train misled-local-only "$s" --mislead extraction --credit local
+  train misled-CoMAM-alg1 "$s" --mislead extraction --credit-variant alg1
 done
 
 # ---- transfer: prior memory of 3 sessions in training, against the paper's setting
@@ -70,10 +73,11 @@ done
 tabledir() { local dir=$1; shift; python eval.py --compare "$(for n in "$@"; do ls "$dir"/"$n"-s*.json 2>/dev/null || true; done | tr '\n' ' ')"; }
 {
   echo "## Misled extraction agent: test, deployed"
-  tabledir "$TEST" misled-equal-share misled-CoMAM "misled-CoMAM-tau$best" misled-global-only misled-local-only no-train
+  tabledir "$TEST" misled-equal-share misled-CoMAM "misled-CoMAM-tau$best" misled-CoMAM-alg1 misled-global-only \
+    misled-local-only no-train
   echo; echo "## Misled extraction agent: validation (end of training)"
   python eval.py --compare "$(ls -d "$OUT"/misled-equal-share-s* "$OUT"/misled-CoMAM-s* "$OUT/misled-CoMAM-tau$best"-s* \
-    "$OUT"/misled-global-only-s* "$OUT"/misled-local-only-s* | tr '\n' ' ')"
+    "$OUT"/misled-CoMAM-alg1-s* "$OUT"/misled-global-only-s* "$OUT"/misled-local-only-s* | tr '\n' ' ')"
   echo; echo "## Transfer: test, deployed (whole history)"; tabledir "$TEST" CoMAM CoMAM-context3 no-train
   echo; echo "## Transfer: test, training setting (evidence session alone)"; tabledir "$TEST/evidence" CoMAM CoMAM-context3 no-train
 } | tee "$OUT/tables.md"

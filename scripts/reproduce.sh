@@ -64,3 +64,6 @@ table() { python eval.py --compare "$(for n in "$@"; do ls "$TEST"/"$n"-s*.json 
 } | tee "$OUT/tables.md"
 python eval.py --plot "$(ls -d "$OUT"/CoMAM-s* | tr '\n' ' ')" || true
 echo "reproduce.sh: $(( $(date +%s) - start )) s"
+
+# ---- "When credit matters" (planted misalignment, transfer): a script of its own, same STEPS / SEEDS
+STEPS=$STEPS SEEDS=$SEEDS OUT=$OUT/credit-matters bash scripts/credit_matters.sh
