@@ -80,8 +80,8 @@ def run(args: Args, share: bool) -> dict:
     med = statistics.median(s + u for s, u in later)
     tokens = args.prompts * args.G * (args.prompt_len + args.completion_len)
     return {"params": sum(p.numel() for p in policy.model.parameters()),
-            "step_s": round(med, 4), "sample_s": round(statistics.median(s for s, _ in later), 4),
-            "update_s": round(statistics.median(u for _, u in later), 4), "tokens_per_s": round(tokens / med, 1)}
+            "step_s": float(f"{med:.6g}"), "sample_s": float(f"{statistics.median(s for s, _ in later):.6g}"),
+            "update_s": float(f"{statistics.median(u for _, u in later):.6g}"), "tokens_per_s": round(tokens / med, 1)}
 
 
 def main(args: Args) -> dict:

@@ -68,3 +68,20 @@ def test_method_notes_point_at_functions_that_exist():
     for name in names:
         module, attr = name.split(".")
         assert hasattr(importlib.import_module(module), attr), name
+
+
+def test_the_assignment_guide_counts_the_graded_tests_pytest_collects():
+    """docs/assignments.md's table says how many graded tests each assignment has (+ hidden ones)."""
+    import subprocess
+    import sys
+    guide = (ROOT / "docs" / "assignments.md").read_text()
+    for n in range(1, 5):
+        row = re.search(rf"^\| {n} \|.*\| (\d+)[^|]*\(\+(\d+)\) \|[^|]*\|$", guide, re.M)
+        assert row, f"no table row for assignment {n}"
+        out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", f"assignment{n}"],
+                             cwd=ROOT, capture_output=True, text=True).stdout
+        per_file = dict(re.findall(r"^(tests/\S+\.py): (\d+)$", out, re.M))  # pytest.ini's -q + -q: counts per file
+        hidden = sum(int(k) for f, k in per_file.items() if f.startswith("tests/hidden/"))
+        shown = sum(int(k) for k in per_file.values()) - hidden
+        expected_hidden = int(row.group(2)) if (ROOT / "tests" / "hidden").exists() else 0  # not in the student copy
+        assert shown > 0 and (shown, hidden) == (int(row.group(1)), expected_hidden), (n, per_file)

@@ -151,6 +151,7 @@ def test_paired_table_hand_worked():
     assert evaluation.paired_table({"A": groups["A"]}) == ""
 
 
+@pytest.mark.uses_solutions  # eval.metrics scores the (empty) answers with rewards.recall_iou
 def test_evidence_history_builds_each_questions_memory_from_its_evidence_session(toy_data, toy_policy, monkeypatch):
     examples = [ex for ex in read_split(toy_data, "val") if ex.evidence_session is not None][:5]
     seen = {}
