@@ -3,6 +3,7 @@ computed in full ("plain") and with each group's shared prompt computed once ("s
 
     python scripts/bench.py --d 256 --layers 4 --prompts 4 --G 8 --prompt-len 200 --completion-len 48 --steps 6
     python scripts/bench.py --d 128 --layers 2 --prompts 4 --G 8 --prompt-len 200 --completion-len 48 --steps 6
+    python scripts/bench.py --prompts 32 --G 1 --common-prefix 150 --steps 6   # distinct prompts, shared instruction
 
 The model is the tiny Qwen2 architecture (agents.build_tiny) over a word-level vocabulary of 1,000 words
 (plus the tokenizer's fixed words and numbers); a prompt is `--prompt-len` random words, repeated for
@@ -45,6 +46,9 @@ class Args:
     """new tokens per trajectory (at most; a random model rarely ends earlier)"""
     steps: int = 6
     """steps per mode; the median is taken from the second step on"""
+    common_prefix: int = 0
+    """the first this-many tokens are the same in every prompt (a chat model's instruction; with --G 1
+    the profile and retrieval agents' case, where only that prefix can be shared)"""
     micro_batch: int = 64
     """sequences per forward/backward in the update"""
     seed: int = 0
@@ -71,6 +75,7 @@ def run(args: Args, share: bool) -> dict:
     gen = torch.Generator().manual_seed(args.seed)
     distinct = [word_ids[torch.randint(0, len(words), (args.prompt_len,), generator=gen)].tolist()
                 for _ in range(args.prompts)]
+    distinct = [distinct[0][:args.common_prefix] + p[args.common_prefix:] for p in distinct]
     prompts = [p for p in distinct for _ in range(args.G)]  # the G rows of a prompt, together
     times = []
     with agents.prompt_sharing(share):
@@ -88,6 +93,7 @@ def main(args: Args) -> dict:
     for flag in ("d", "layers", "prompts", "G", "prompt_len", "completion_len", "steps", "micro_batch"):
         positive(getattr(args, flag), "--" + flag.replace("_", "-"))
     check(args.steps >= 2, "--steps must be at least 2 (the first step is not timed)")
+    check(0 <= args.common_prefix < args.prompt_len, "--common-prefix must be at least 0 and below --prompt-len")
     torch.manual_seed(args.seed)
     plain, shared = run(args, share=False), run(args, share=True)
     out = {**asdict(args), "torch_threads": torch.get_num_threads(), "plain": plain, "shared": shared,
