@@ -352,6 +352,7 @@ def read_log(path: Path) -> list[dict]:
 def plot_runs(paths: list[str]) -> list[Path]:
     """curves.png in each run folder: local and global rewards, credit weights w_n, consistencies v_n,
     and (dashed, when logged) the per-group weight spread and the fraction of groups with a flat r_3."""
+    logs = [(Path(raw), read_log(Path(raw) / "log.jsonl")) for raw in paths]  # a bad log is an error, plot or not
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -360,9 +361,7 @@ def plot_runs(paths: list[str]) -> list[Path]:
         print("matplotlib is not installed (pip install matplotlib): no plot; the data are in log.jsonl")
         return []
     written = []
-    for raw in paths:
-        run = Path(raw)
-        rows = read_log(run / "log.jsonl")
+    for run, rows in logs:
         steps = [r["step"] for r in rows]
         fig, axes = plt.subplots(1, 3, figsize=(15, 4))
         for key, label in [("global_reward", "global r3")] + [(f"local_{a}", f"local {a}") for a in agents.ROLES]:
