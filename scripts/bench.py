@@ -84,9 +84,10 @@ def run(args: Args, share: bool) -> dict:
     later = times[1:] or times
     med = statistics.median(s + u for s, u in later)
     tokens = args.prompts * args.G * (args.prompt_len + args.completion_len)
-    return {"params": sum(p.numel() for p in policy.model.parameters()),
-            "step_s": float(f"{med:.6g}"), "sample_s": float(f"{statistics.median(s for s, _ in later):.6g}"),
-            "update_s": float(f"{statistics.median(u for _, u in later):.6g}"), "tokens_per_s": round(tokens / med, 1)}
+    six_digits = lambda x: float(f"{x:.6g}")  # significant digits: toy steps take milliseconds
+    return {"params": sum(p.numel() for p in policy.model.parameters()), "step_s": six_digits(med),
+            "sample_s": six_digits(statistics.median(s for s, _ in later)),
+            "update_s": six_digits(statistics.median(u for _, u in later)), "tokens_per_s": round(tokens / med, 1)}
 
 
 def main(args: Args) -> dict:

@@ -83,14 +83,17 @@ tabledir() { local dir=$1; shift; python eval.py --compare "$(for n in "$@"; do 
 } | tee "$OUT/tables.md"
 # ---- the misled agent's credit by phase of its run, and where the deployment gap comes from
 python - "$OUT" "$best" <<'PY' | tee -a "$OUT/tables.md"
-import glob, json, sys
+import glob, sys
+from pathlib import Path
 import numpy as np
+from cli import read_json
+from eval import read_log
 out, best = sys.argv[1], sys.argv[2]
 print("\n## Misled agent's credit by phase (steps of all seeds; phase by the batch mean of r_0)")
 print("| rule | before (r_0 <= 0.05): steps, v gap, w | learning (0.05 < r_0 <= 0.95) | saturated (r_0 > 0.95) |")
 print("|---|---|---|---|")
 for name in ("misled-CoMAM", f"misled-CoMAM-tau{best}", "misled-CoMAM-alg1"):
-    rows = [json.loads(l) for run in sorted(glob.glob(f"{out}/{name}-s[0-9]*")) for l in open(f"{run}/log.jsonl")]
+    rows = [r for run in sorted(glob.glob(f"{out}/{name}-s[0-9]*")) for r in read_log(Path(run) / "log.jsonl")]
     r0 = np.array([r["local_extraction"] for r in rows])
     w = np.array([r["w_extraction"] for r in rows])
     gap = np.array([r["v_extraction"] - (r["v_profile"] + r["v_retrieval"]) / 2 for r in rows])
@@ -99,7 +102,7 @@ for name in ("misled-CoMAM", f"misled-CoMAM-tau{best}", "misled-CoMAM-alg1"):
     print(f"| {name} | " + " | ".join(cells) + " |")
 print("\n## CoMAM seed 1, deployed vs evidence session alone: local metrics")
 for f in (f"{out}/test/CoMAM-s1.json", f"{out}/test/evidence/CoMAM-s1.json"):
-    r = json.load(open(f))
+    r = read_json(Path(f))
     print(f"{f}: accuracy {r['accuracy']:.3f}, memory tokens {r['memory_tokens']:.0f}, "
           + ", ".join(f"{k} {v:.2f}" for k, v in r["local"].items()) + f", format failures {r['format_failure']}")
 PY

@@ -5,6 +5,8 @@ import ast
 import doctest
 import importlib
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -72,8 +74,6 @@ def test_method_notes_point_at_functions_that_exist():
 
 def test_the_assignment_guide_counts_the_graded_tests_pytest_collects():
     """docs/assignments.md's table says how many graded tests each assignment has (+ hidden ones)."""
-    import subprocess
-    import sys
     guide = (ROOT / "docs" / "assignments.md").read_text()
     for n in range(1, 5):
         row = re.search(rf"^\| {n} \|.*\| (\d+)[^|]*\(\+(\d+)\) \|[^|]*\|$", guide, re.M)
