@@ -16,6 +16,7 @@ import dataclasses
 import inspect
 import json
 import math
+import os
 import random
 import shutil
 import sys
@@ -28,13 +29,19 @@ import torch
 
 
 class InputError(ValueError):
-    """An expected error, caused by what the user gave: a flag, a data file, a run folder, a checkpoint.
-    Its message names the flag, or the file and line, and the field."""
+    """An expected error, caused by what the user gave (a flag, a data file, a run folder, a checkpoint)
+    or met on the way (a full disk, a folder in use). Its message names the flag, or the file and line,
+    and the field."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C, with what the command leaves behind (raised from KeyboardInterrupt by a command that knows)."""
 
 
 def handled(fn: Callable[[], object]):
     """Call fn(); an InputError, or an OSError on a named file, is printed as one line "error: ..." and
-    the exit status is 2. Anything else keeps its traceback."""
+    the exit status is 2; Ctrl-C is one line "interrupted: ..." and status 130. Anything else keeps its
+    traceback."""
     try:
         return fn()
     except InputError as e:
@@ -43,6 +50,9 @@ def handled(fn: Callable[[], object]):
         if e.filename is None:
             raise
         print(f"error: {e.filename}: {e.strerror or e}", file=sys.stderr)
+    except (Interrupted, KeyboardInterrupt) as e:
+        print(f"\ninterrupted: {e or 'nothing was written after the last completed step'}", file=sys.stderr)
+        raise SystemExit(130) from None
     raise SystemExit(2)
 
 
@@ -76,9 +86,9 @@ def read_json(path: Path) -> dict:
     """A JSON file the project wrote (state.json, args.json, summary.json); a corrupt or truncated one is
     an InputError naming it."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: not valid JSON ({e}); the file is damaged") from None
+        return json.loads(Path(path).read_text(encoding="utf-8-sig"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise InputError(f"{path}: not valid JSON ({type(e).__name__}: {str(e)[:80]}); the file is damaged") from None
 
 
 def field_docs(cls) -> dict[str, str]:
@@ -106,6 +116,13 @@ def parse_args(cls, doc: str = "", argv=None):
     return cls(**vars(p.parse_args(argv)))
 
 
+SEED_MAX = 2**32 - 1  # numpy's and torch's seeds are unsigned 32-bit numbers
+
+
+def check_seed(seed: int, flag: str = "--seed") -> None:
+    check(0 <= seed <= SEED_MAX, f"{flag} must be between 0 and {SEED_MAX}, got {seed}")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -124,9 +141,69 @@ def resolve_device(name: str) -> str:
 
 def autocast(device: str):
     """bf16 autocast on CUDA (weights and optimizer state stay float32); a no-op on CPU (float32 there)."""
-    if device == "cuda":
+    if str(device).startswith("cuda"):  # "cuda", or "cuda:N" under torchrun
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return torch.autocast("cpu", enabled=False)
+
+
+# ======================================================================== what a command may write
+
+def output_folder(path: Path, flag: str, made_here: Callable[[Path], bool], what: str) -> Path:
+    """The one rule of every command that writes a folder, checked before any work: `path` may be new,
+    an empty folder, or a folder this command made before (`made_here(path)` recognises its layout or
+    marker), which it may then replace. Anything else (a file, a folder of the user's) is an
+    InputError: nothing the command did not create is ever replaced or deleted."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{flag} {path}: exists and is a file; give a new folder")
+    if path.is_dir() and any(path.iterdir()) and not made_here(path):
+        raise InputError(f"{flag} {path}: exists and is not {what}; give a new or empty folder")
+    return path
+
+
+def output_file(path: Path, flag: str, made_here: Callable[[Path], bool], what: str) -> Path:
+    """The same rule for one file: new, or a file this command wrote before (`made_here`)."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{flag} {path}: is a folder; give a file name")
+    if path.exists() and not made_here(path):
+        raise InputError(f"{flag} {path}: exists and is not {what}; give a new file name")
+    return path
+
+
+class FolderLock:
+    """One writer per folder: an exclusive lock (fcntl.flock) on <folder>.lock, held until `release`
+    or the process ends. A lock whose process died is free again (the kernel drops it), whatever the
+    file says. A second process gets an InputError naming the holder."""
+
+    def __init__(self, folder: Path):
+        import fcntl
+        self.path = Path(folder).with_name(Path(folder).name + ".lock")
+        self.made_parent = not self.path.parent.exists()  # removed again on release when left empty
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            self.made_parent = False
+            raise InputError(f"{folder} is in use by {holder}: one process writes a run at a time; "
+                             "wait for it to end, or give another --exp-name / --seed") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"process {os.getpid()}")
+        self.file.flush()
+
+    def release(self) -> None:
+        import fcntl
+        if not self.file.closed:
+            self.path.unlink(missing_ok=True)
+            fcntl.flock(self.file, fcntl.LOCK_UN)
+            self.file.close()
+            if self.made_parent and not any(self.path.parent.iterdir()):
+                self.path.parent.rmdir()
 
 
 COMPLETE = ".complete"  # written last into a folder that replace_folder has finished

@@ -5,8 +5,8 @@
 Each action is one generation of one agent. In training (`rollout`), H is the single session that
 holds the question's evidence, and every query gets a group of G complete trajectories: the whole
 chain is re-sampled G times. Generation is batched: each agent is called once per step over all
-Q x G prompts. Every trajectory keeps, per agent, the prompt ids, the sampled completion ids (never
-re-tokenised) and their log-probs under the sampling policy, plus the four rewards of Eqs. 9-12.
+Q x G prompts. Every trajectory keeps, per agent, the prompt ids and the sampled completion ids (never
+re-tokenised: the update scores exactly these tokens), plus the four rewards of Eqs. 9-12.
 
 In evaluation (`build_memory` + `answer`), construction runs session by session over the whole
 history, memory accumulating (App. B.1; docs/method.md, decision 9), and the retrieval agent answers
@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 import torch
 
 import agents
-from agents import Budgets, MaxNew, Policy
+import models
+from agents import Budgets, MaxNew
+from models import Policy
 from data.example import Example, Line
 from rewards import extraction_reward, global_reward, profile_reward, retrieval_reward
 
@@ -28,8 +30,7 @@ from rewards import extraction_reward, global_reward, profile_reward, retrieval_
 class Action:
     """One agent's generation: what the policy saw and sampled (ids exactly as sampled)."""
     prompt: list[int]
-    completion: list[int]
-    logprobs: list[float]  # under the sampling policy, float32, at the sampling temperature
+    completion: list[int]  # the sampled ids, EOS included when one was sampled
     text: str
     ok: bool  # parsed; False = format failure (scored 0)
 
@@ -59,8 +60,9 @@ class Trajectory:
 # ======================================================================== one step per agent
 
 def _generate(policy: Policy, prompts, max_new, temperature, generator):
-    comps, lps = agents.sample(policy, prompts, max_new, temperature, generator=generator)
-    return [(p, c, lp, agents.decode(policy, c)) for p, c, lp in zip(prompts, comps, lps)]
+    """(prompt, sampled completion ids, decoded text) per prompt."""
+    comps, _ = models.sample(policy, prompts, max_new, temperature, generator=generator)
+    return [(p, c, models.decode(policy, c)) for p, c in zip(prompts, comps)]
 
 
 def run_extraction(policy: Policy, histories: list[list[Line]], budgets: Budgets, max_new: int,
@@ -68,11 +70,11 @@ def run_extraction(policy: Policy, histories: list[list[Line]], budgets: Budgets
     """Agent 0: for each history, the kept lines M_f (in history order)."""
     built = [agents.extraction_prompt(policy, h, budgets) for h in histories]
     out = []
-    for (p, c, lp, text), (_, shown) in zip(_generate(policy, [b[0] for b in built], max_new, temperature,
-                                                      generator), built):
+    for (p, c, text), (_, shown) in zip(_generate(policy, [b[0] for b in built], max_new, temperature,
+                                                  generator), built):
         ids, ok = agents.parse_ids(text, shown)
         keep = set(ids)
-        out.append((Action(p, c, lp, text, ok), [l for l in shown if l.id in keep]))
+        out.append((Action(p, c, text, ok), [l for l in shown if l.id in keep]))
     return out
 
 
@@ -87,10 +89,10 @@ def run_profile(policy: Policy, memories: list[list[Line]], budgets: Budgets, ma
     todo = [i for i, m in enumerate(memories) if m]
     generated = _generate(policy, [agents.profile_prompt(policy, memories[i], budgets) for i in todo],
                           max_new, temperature, generator) if todo else []
-    out = [(Action([], [], [], "", True), []) for _ in memories]
-    for i, (p, c, lp, text) in zip(todo, generated):
+    out = [(Action([], [], "", True), []) for _ in memories]
+    for i, (p, c, text) in zip(todo, generated):
         statements, ok = agents.parse_profile(text)
-        out[i] = (Action(p, c, lp, text, ok), statements)
+        out[i] = (Action(p, c, text, ok), statements)
     return out
 
 
@@ -99,18 +101,17 @@ def run_retrieval(policy: Policy, items: list[tuple[list[Line], list[str], Examp
     """Agent 2: for each (M_f, M_c, question), the retrieved line ids E'_q and the chosen letter."""
     built = [agents.retrieval_prompt(policy, m, prof, ex.question, ex.options, budgets) for m, prof, ex in items]
     out = []
-    for (p, c, lp, text), (_, shown), (_, _, ex) in zip(
+    for (p, c, text), (_, shown), (_, _, ex) in zip(
             _generate(policy, [b[0] for b in built], max_new, temperature, generator), built, items):
-        ids, letter, ok = agents.parse_answer(text, shown, ex.options)
-        out.append((Action(p, c, lp, text, ok), ids, letter))
+        ids, letter, ok = agents.parse_answer(text, shown, ex.options, by_letter=agents.answers_by_letter(policy))
+        out.append((Action(p, c, text, ok), ids, letter))
     return out
 
 
 # ======================================================================== training rollout (Sec. 4.2)
 
 def rollout(policies: dict[str, Policy], examples: list[Example], group_size: int, budgets: Budgets,
-            max_new: MaxNew, temperature: float = 1.0, generator=None,
-            prior: list[tuple[list[Line], list[str]]] | None = None) -> list[list[Trajectory]]:
+            max_new: MaxNew, temperature: float = 1.0, generator=None) -> list[list[Trajectory]]:
     """The sequential MDP of Sec. 4.2 for training: G full trajectories per query, the whole chain
     extraction -> profile -> retrieval re-sampled for each; H = the query's evidence session.
 
@@ -123,9 +124,6 @@ def rollout(policies: dict[str, Policy], examples: list[Example], group_size: in
     Worked example, Q = 2, G = 3: the trajectories are laid out query-major, [q0 g0, q0 g1, q0 g2,
     q1 g0, q1 g1, q1 g2]; trajectory k gets the k-th output of each agent; the result is
     [[q0 g0, q0 g1, q0 g2], [q1 g0, q1 g1, q1 g2]].
-    `prior[q]`, when given, is memory already stored before the evidence session (lines, statements):
-    the retrieval agent of query q sees prior lines + M_f and prior statements + M_c (train.py
-    --context-sessions; None, the paper's setting, means no prior memory).
     """
     ### BEGIN SOLUTION (assignment 4)
     trajs = [Trajectory(ex) for ex in examples for _ in range(group_size)]  # query-major: [q0 g0, q0 g1, ...]
@@ -136,8 +134,7 @@ def rollout(policies: dict[str, Policy], examples: list[Example], group_size: in
     for t, (act, prof) in zip(trajs, run_profile(policies["profile"], [t.memory_lines for t in trajs], budgets,
                                                  max_new.profile, temperature, generator)):
         t.actions["profile"], t.profile = act, prof
-    before = [prior[k // group_size] for k in range(len(trajs))] if prior else [([], [])] * len(trajs)
-    items = [(lines + t.memory_lines, statements + t.profile, t.example) for t, (lines, statements) in zip(trajs, before)]
+    items = [(t.memory_lines, t.profile, t.example) for t in trajs]
     for t, (act, ids, letter) in zip(trajs, run_retrieval(policies["retrieval"], items, budgets,
                                                           max_new.retrieval, temperature, generator)):
         t.actions["retrieval"], t.retrieved, t.answer = act, ids, letter

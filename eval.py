@@ -37,8 +37,11 @@ from tqdm import tqdm
 
 import agents
 import comam
-from agents import Budgets, Policy
-from cli import InputError, check, choice, command, finite, positive, read_json, resolve_device
+import models
+from agents import Budgets
+from models import Policy
+from cli import (InputError, check, check_seed, choice, command, finite, output_file, positive, read_json,
+                 resolve_device)
 from data.example import QUESTION_TYPES, Example, read_split
 from data.generate import ensure
 from rewards import recall_iou, profile_reward
@@ -71,7 +74,7 @@ class Args:
     plot: str = ""
     """write training-curve PNGs of these run folders (one quoted, space-separated list; * patterns are expanded)"""
     out: str = ""
-    """result JSON file (default: <policies>/eval-<split>.json or runs/eval-<split>.json)"""
+    """result JSON file (default: next to the policies folder, e.g. runs/X/ckpt-comam-val-s1.json; runs/comam-val-s1.json for tiny)"""
     device: str = "auto"
     """auto | cpu | cuda"""
     scale: float = 0.0
@@ -197,16 +200,30 @@ def evaluate(policies: dict[str, Policy], examples: list[Example], budgets: Budg
              max_new: agents.MaxNew | None = None, temperature: float = 0.8, seed: int = 1,
              desc: str = "eval", system: str = "comam", embedder: Embedder | None = None,
              history: str = "whole") -> dict:
-    """Build the memory of every question (`system`), then answer every question (App. B.1).
+    """Build the memory of every question (`system`), then answer every question (App. B.1); the
+    metrics of the answers (`metrics`).
 
     history "whole" is the deployed setting: memory over the user's whole history. "evidence" is the
     training setting (Sec. 4.2): each question's memory is built from its evidence session alone.
     """
+    trajs, memories, seconds = answer_all(policies, examples, budgets, max_new, temperature, seed, desc, system,
+                                          embedder, history)
+    return metrics(trajs, memories, policies["retrieval"], seconds)
+
+
+@torch.no_grad()
+def answer_all(policies: dict[str, Policy], examples: list[Example], budgets: Budgets | None = None,
+               max_new: agents.MaxNew | None = None, temperature: float = 0.8, seed: int = 1,
+               desc: str = "eval", system: str = "comam", embedder: Embedder | None = None,
+               history: str = "whole") -> tuple[list[comam.Trajectory], list[comam.Memory], float]:
+    """The answered trajectories of `evaluate`, the memory each was answered from, and the seconds taken."""
     budgets, max_new = budgets or Budgets(), max_new or agents.MaxNew()
     t0 = time.time()
     gen = torch.Generator().manual_seed(seed)
     for p in policies.values():
         p.model.eval()
+    if not examples:  # a process of a sharded evaluation with no user left
+        return [], [], 0.0
     if system == "comam":
         histories, key = {}, (lambda ex: ex.user) if history == "whole" else (lambda ex: ex.qid)
         for ex in examples:
@@ -224,7 +241,23 @@ def evaluate(policies: dict[str, Policy], examples: list[Example], budgets: Budg
     else:
         raise ValueError(f"unknown system {system!r}: comam | base | rag")
     trajs = comam.answer(policies, examples, memories, budgets, max_new, temperature, gen)
-    return metrics(trajs, memories, policies["retrieval"], time.time() - t0)
+    return trajs, memories, time.time() - t0
+
+
+def shard_users(examples: list[Example], rank: int, world: int) -> list[Example]:
+    """The questions of rank's contiguous block of users (users in first-seen order): the blocks of
+    ranks 0..world-1, concatenated, are `examples` again when a user's questions are together.
+
+    >>> from data.example import Example
+    >>> exs = [Example(str(k), u, "t", "?", ["a", "b", "c", "d"], "a", []) for k, u in enumerate("aabbbc")]
+    >>> [[ex.qid for ex in shard_users(exs, r, 2)] for r in range(2)]
+    [['0', '1'], ['2', '3', '4', '5']]
+    """
+    if world <= 1:
+        return examples
+    users = list(dict.fromkeys(ex.user for ex in examples))
+    mine = set(users[rank * len(users) // world:(rank + 1) * len(users) // world])
+    return [ex for ex in examples if ex.user in mine]
 
 
 def average(results: list[dict]) -> dict:
@@ -305,6 +338,22 @@ def comparison_table(groups: dict[str, list[dict]], local: bool = False) -> str:
             row.append(cell([max(v for v in r["format_failure"].values() if v is not None) for r in results]))
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def paired_difference(before: dict, after: dict) -> tuple[float, float, int]:
+    """after's accuracy minus before's, paired on the questions both answered: (mean difference, its
+    standard error std / sqrt(n) over questions, n). Each question's outcome is 0 or 1 (or a mean over
+    samples); the pairing removes the between-question variance that two separate accuracies carry.
+
+    >>> d, se, n = paired_difference({"per_question": {"q1": 0, "q2": 1, "q3": 0}},
+    ...                              {"per_question": {"q1": 1, "q2": 1, "q3": 0}})
+    >>> round(d, 4), round(se, 4), n      # differences 1, 0, 0: mean 1/3, std 0.577, SE 0.577 / sqrt(3)
+    (0.3333, 0.3333, 3)
+    """
+    common = [q for q in before["per_question"] if q in after["per_question"]]
+    d = np.array([after["per_question"][q] - before["per_question"][q] for q in common], dtype=np.float64)
+    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+    return float(d.mean()), se, len(d)
 
 
 def paired_table(groups: dict[str, list[dict]]) -> str:
@@ -390,7 +439,7 @@ def plot_runs(paths: list[str]) -> list[Path]:
 
 def load_system(spec: str, device: str) -> dict[str, Policy]:
     """The three role policies of "tiny", "smollm2", a folder of per-role policies, or one model folder."""
-    return agents.load_policies({r: spec for r in agents.ROLES}, device)
+    return models.load_policies({r: spec for r in agents.ROLES}, device)
 
 
 def check_args(args: Args) -> Path | None:
@@ -405,25 +454,45 @@ def check_args(args: Args) -> Path | None:
     choice(args.history, "--history", ("whole", "evidence"))
     check(args.history == "whole" or (args.system == "comam" and not args.personamem),
           "--history evidence needs --system comam and a benchmark with evidence (not --personamem)")
+    check_seed(args.seed)
+    check_seed(args.seed + args.samples - 1, "--seed + --samples - 1")
     resolve_device(args.device)
     check(not args.personamem or len(args.personamem.split(",")) == 2,
           f"--personamem takes 'QUESTIONS.csv,CONTEXTS.jsonl' (two files, one comma), got {args.personamem!r}")
     if args.compare or args.plot:
         return None
+    return result_file(args)
+
+
+def result_file(args: Args) -> Path:
+    """--out, or by default a name that says what was evaluated, NEXT TO the policies folder (never
+    inside it: a run's ckpt/ is replaced at every checkpoint): runs/X/ckpt -> runs/X/ckpt-comam-val-s1.json;
+    runs/comam-val-s1.json for a name such as tiny or smollm2. An existing file is replaced only when it
+    is an eval.py result (cli.output_file)."""
     name = f"{args.system}-{'personamem' if args.personamem else args.split}-s{args.seed}.json"
     name = name if args.history == "whole" else name.replace(".json", "-evidence.json")
+    policies = Path(args.policies)
     out = Path(args.out) if args.out else (
-        Path(args.policies) / name if Path(args.policies).is_dir() else Path("runs") / name)
-    check(not out.is_dir(), f"--out {out}: is a folder; give a file name")
+        policies.parent / f"{policies.name}-{name}" if policies.is_dir() else Path("runs") / name)
+    output_file(out, "--out", is_result_file, "an eval.py result")
     out.parent.mkdir(parents=True, exist_ok=True)
     check(os.access(out.parent, os.W_OK), f"--out {out}: the folder {out.parent} is not writable")
     return out
 
 
+def is_result_file(path: Path) -> bool:
+    """A JSON file eval.py wrote: an object with 'accuracy', 'per_setting' and 'args'."""
+    try:
+        res = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(res, dict) and {"accuracy", "per_setting", "args"} <= set(res)
+
+
 def load_examples(args: Args) -> list[Example]:
     if args.personamem:
         from data.personamem import load_personamem
-        return subset_users(load_personamem(*args.personamem.split(",")), args.users)
+        return subset_users(load_personamem(*(p.strip() for p in args.personamem.split(","))), args.users)
     return subset_users(read_split(ensure(args.data, (args.split,)), args.split), args.users)
 
 

@@ -13,7 +13,7 @@ as an empty prediction, i.e. 0 — never a crash.
 from __future__ import annotations
 
 import re
-from typing import Callable, Iterable
+from typing import Iterable
 
 # ---------------------------------------------------------------- Eq. 9 / Eq. 11: set overlap
 
@@ -92,7 +92,8 @@ def profile_reward(statements, gold_statements) -> float | None:
     """Eq. 10, the default deterministic rubric scorer V(M_c, H) ∈ [0, 1].
 
     docs/method.md, decision 4: instead of a frozen LLM judge, score the written statements S against the
-    session's ground-truth profile statements G (both normalised and deduplicated):
+    session's ground-truth profile statements G (both normalised with `normalise` and deduplicated; a
+    statement that is empty after normalisation, such as "" or " ; ", is dropped from either):
         correct     = |S ∩ G|
         unsupported = |S \\ G|     (contradicted, or simply not stated in the history)
         r_1 = max(0, correct − unsupported) / |G|
@@ -116,44 +117,14 @@ def profile_reward(statements, gold_statements) -> float | None:
     ### END SOLUTION
 
 
-_JUDGE_PROMPT = """You are grading a user profile written from a conversation history.
-Rubrics: (1) scenario: does the profile capture the situations the user talks about?
-(2) preference: are the user's stated preferences (likes, dislikes, changes) captured correctly?
-(3) user profile: are the user's facts correct, with nothing contradicted or invented?
-
-Conversation history:
-{history}
-
-Profile:
-{profile}
-
-Reply with one number between 0 and 1 (1 = complete and correct)."""
-
-
-def profile_reward_judge(statements, history_text: str, judge_fn: Callable[[str], str]) -> float:
-    """Eq. 10 with a frozen LLM judge V: the optional alternative to `profile_reward`.
-
-    `judge_fn(prompt) -> reply` is supplied by the caller (any frozen model). The prompt states the
-    paper's three rubrics (scenario, preference, user profile); the first number in the reply is the
-    score, clipped to [0, 1]; a reply without a number scores 0.0.
-
-    >>> profile_reward_judge(["likes tacos"], "user: i love tacos", lambda p: "Score: 0.9")
-    0.9
-    """
-    prompt = _JUDGE_PROMPT.format(history=history_text, profile="\n".join(statements or ()) or "(empty)")
-    match = re.search(r"-?\d+(?:\.\d+)?", judge_fn(prompt) or "")
-    if match is None:
-        return 0.0
-    return min(1.0, max(0.0, float(match.group())))
-
-
 # ---------------------------------------------------------------- Eq. 12: global reward
 
 
 def global_reward(pred_letter: str | None, gold_letter: str) -> float:
     """Eq. 12: r_3 = 1[p = p*]. An unparsed answer (None) scores 0.0.
 
-    Letters are compared after stripping whitespace and brackets and lowercasing, so '(c)' == 'c'.
+    Both letters are compared after `normalise` (lower case, punctuation such as brackets removed,
+    whitespace collapsed), so '(c)' == ' C ' == 'c'.
 
     >>> global_reward("b", "b"), global_reward("(B)", "b"), global_reward(None, "b")
     (1.0, 1.0, 0.0)

@@ -9,8 +9,9 @@ The tiny model starts from random weights, so before reinforcement learning each
 output format. Demonstrations come from the generator's ground truth (docs/method.md, decision 13):
   extraction: the local numbers of the session's informative lines       "2 6 9"
   profile:    the statements those lines support                          "pet cat milo ; likes jazz"
-  retrieval:  the evidence line numbers and the gold option's text        "<information> 3 </information>
+  retrieval:  the evidence line numbers and the gold option               "<information> 3 </information>
                                                                            <final_answer> milo </final_answer>"
+              (its text for the tiny model, its letter "(b)" for a chat model: agents.answer_text)
 The demonstrations are *noisy on purpose* (flags `--noise-*`): a line dropped or added, a statement
 dropped, and a wrong option as the answer `--noise-answer` of the time. We measured that RL
 quickly sharpens a policy that already produces the right answer among its samples (noisy
@@ -24,9 +25,11 @@ from their input into their output; learnt once from all the demonstrations it c
 
 A real model (`--model smollm2` or a local folder) is fine-tuned the same way on the same
 demonstrations, its prompts going through its chat template (agents.render), the loss on the
-completion tokens only; no tiny tokenizer or model is built. Its defaults differ (steps, batch size,
-learning rate: see --help). The result is a folder of per-role policies that `train.py --model DIR`
-and `eval.py --policies DIR` take.
+completion tokens only; no tiny tokenizer or model is built. By default it trains LoRA adapters on
+the frozen model (--lora-rank, lora.py) rather than every weight. Its defaults differ (steps, batch
+size, learning rate: see --help). The result is a folder of per-role policies (whole models, or
+adapters in peft's layout with the name of their base) that `train.py --model DIR` and
+`eval.py --policies DIR` take.
 """
 from __future__ import annotations
 
@@ -41,10 +44,14 @@ from tqdm import tqdm
 
 import agents
 import comam
+import lora
+import models
 import rewards
-from agents import Budgets, MaxNew, Policy
-from cli import autocast, check, command, finite, positive, replace_folder, resolve_device, seed_everything
-from data.example import Example, Line, read_split
+from agents import Budgets, MaxNew
+from cli import (autocast, check, check_seed, command, finite, output_folder, positive, replace_folder, resolve_device,
+                 seed_everything)
+from data.example import LETTERS, Example, Line, read_split
+from models import Policy
 from data.generate import ensure, vocabulary_texts
 
 
@@ -65,7 +72,13 @@ class Args:
     batch_size: int = 0
     """demonstrations per step (0 = 32 tiny, 8 a real model)"""
     lr: float = 0.0
-    """AdamW peak learning rate (0 = 1e-3 tiny, 1e-4 a real model)"""
+    """AdamW peak learning rate (0 = 1e-3 tiny, 1e-4 a real model's full fine-tuning, 1e-3 its LoRA adapters)"""
+    lora_rank: int = -1
+    """LoRA adapter rank: 0 = full fine-tuning; -1 = auto (0 for tiny, 16 for a chat model, the rank of --init-from's adapters)"""
+    lora_alpha: float = 32.0
+    """LoRA scaling numerator: an adapter adds (alpha / rank) B A x"""
+    lora_targets: str = "all"
+    """layers that get adapters: all (q,k,v,o,gate,up,down) | attention | mlp | comma list of module names"""
     hidden: int = 128
     """tiny model width"""
     layers: int = 4
@@ -89,10 +102,11 @@ class Args:
     seed: int = 0
     """random seed (weights, demonstrations)"""
 
-    def defaults_for(self, tiny: bool) -> "Args":
-        """A copy with every 0 = "model-dependent default" replaced."""
-        return replace(self, steps=self.steps or (3000 if tiny else 150),
-                       batch_size=self.batch_size or (32 if tiny else 8), lr=self.lr or (1e-3 if tiny else 1e-4))
+    def defaults_for(self, tiny: bool, lora_rank: int) -> "Args":
+        """A copy with every 0 / -1 = "model-dependent default" replaced."""
+        real_lr = 1e-3 if lora_rank > 0 else 1e-4
+        return replace(self, steps=self.steps or (3000 if tiny else 150), lora_rank=lora_rank,
+                       batch_size=self.batch_size or (32 if tiny else 8), lr=self.lr or (1e-3 if tiny else real_lr))
 
 
 # ======================================================================== demonstrations
@@ -132,10 +146,10 @@ def retrieval_demo(rng: random.Random, policy: Policy, ex: Example, noise: float
                 memory.append(l)
         profile += s.profile
     prompt, shown = agents.retrieval_prompt(policy, memory, profile, ex.question, ex.options, budgets)
-    option = ex.gold_text
+    index = LETTERS.index(ex.gold)
     if rng.random() < noise:
-        option = rng.choice([o for o in ex.options if o != ex.gold_text])
-    return prompt, agents.answer_target(shown, ex.evidence, option)
+        index = rng.choice([i for i, o in enumerate(ex.options) if o != ex.gold_text])
+    return prompt, agents.answer_target(shown, ex.evidence, agents.answer_text(policy, ex.options, index))
 
 
 def make_demo(role: str, rng: random.Random, policy: Policy, examples: list[Example], args: Args, budgets: Budgets):
@@ -178,10 +192,10 @@ def schedule(weights: list[int], steps: int) -> list[str]:
 def clone(policy: Policy, examples: list[Example], args: Args, budgets: Budgets, max_new: MaxNew,
           probes: list[Example] | None = None, device: str = "cpu") -> tuple[dict, dict]:
     """Cross-entropy on the demonstration tokens (target + EOS), token mean over the batch; the prompt
-    tokens are context only (agents.completion_logprobs masks them out). Linear warm-up over 100 steps,
+    tokens are context only (models.completion_logprobs masks them out). Linear warm-up over 100 steps,
     then linear decay to 10% of `args.lr`. Every `args.probe_every` steps, each agent's greedy score on
     `probes` (validation) is printed. Returns (losses per role, probe scores per role: [(step, score)])."""
-    opt = torch.optim.AdamW(policy.model.parameters(), lr=args.lr, weight_decay=0.0)
+    opt = torch.optim.AdamW([p for p in policy.model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
     tok = policy.tokenizer
     rngs = {role: random.Random(args.seed * 10 + k) for k, role in enumerate(agents.ROLES)}
     plan = schedule([int(w) for w in args.role_weights.split(",")], args.steps)
@@ -197,11 +211,11 @@ def clone(policy: Policy, examples: list[Example], args: Args, budgets: Budgets,
         prompts = [p for p, _ in demos]
         targets = [tok(t, add_special_tokens=False).input_ids + [policy.eos_id] for _, t in demos]
         with autocast(device):
-            logp, mask = agents.completion_logprobs(policy.model, prompts, targets, policy.pad_id)  # (B, T-1) each
+            logp, mask = models.policy_logprobs(policy, prompts, targets)  # (B, T-1) each
         loss = -(logp * mask).sum() / mask.sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(policy.model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(policy.model.parameters(), 1.0)  # (frozen weights have no gradient)
         opt.step()
         losses[role].append(loss.item())
         bar.set_postfix(role=role[:4], loss=f"{loss.item():.3f}")
@@ -218,7 +232,7 @@ def clone(policy: Policy, examples: list[Example], args: Args, budgets: Budgets,
 
 def check_args(args: Args) -> Path:
     """Every flag checked before anything is loaded or written; returns the output folder."""
-    for flag in ("steps", "batch_size", "probe_every", "train_users", "seed"):
+    for flag in ("steps", "batch_size", "probe_every", "train_users"):
         positive(getattr(args, flag), "--" + flag.replace("_", "-"), 0)
     for flag in ("hidden", "layers", "probe_size"):
         positive(getattr(args, flag), "--" + flag.replace("_", "-"))
@@ -231,22 +245,50 @@ def check_args(args: Args) -> Path:
     check(len(weights) == 3 and all(w.strip().isdigit() for w in weights) and sum(map(int, weights)) > 0,
           f"--role-weights takes three whole numbers for extraction,profile,retrieval (e.g. 1,2,3), "
           f"got {args.role_weights!r}")
+    positive(args.lora_rank, "--lora-rank", -1)
+    finite(args.lora_alpha, "--lora-alpha", 0.0, low_open=True)
+    lora.target_names(args.lora_targets)
+    check_seed(args.seed)
     resolve_device(args.device)
     if args.out:
-        return Path(args.out)
-    if args.model == "tiny" and not args.init_from:
-        return agents.TINY_CHECKPOINT
-    return agents.ROOT / "checkpoints" / f"{Path(args.init_from or args.model).name}-warmstart"
+        out = Path(args.out)
+    elif args.model == "tiny" and not args.init_from:
+        out = models.TINY_CHECKPOINT
+    else:
+        out = models.ROOT / "checkpoints" / f"{Path(args.init_from or args.model).name}-warmstart"
+    return output_folder(out, "--out", lambda p: (p / "warmstart.json").is_file(), "a warm start (no warmstart.json)")
 
 
-def start_policy(args: Args, train: list[Example], device: str) -> Policy:
-    """The model to clone: a checkpoint to continue (--init-from), a real model, or a new tiny model."""
+def start_policy(args: Args, train: list[Example], device: str) -> tuple[Policy, int]:
+    """The model to clone and its LoRA rank (0 = every weight is trained): a checkpoint to continue
+    (--init-from; its adapters, if it has some, go on training), a real model (fresh adapters unless
+    --lora-rank 0), or a new tiny model."""
     if args.init_from:  # the three agents of a warm start are identical copies: take the first
-        return agents.load_policy(args.init_from, agents.ROLES[0], device)
-    if args.model != "tiny":
-        return agents.load_policy(args.model, agents.ROLES[0], device)
-    tok = agents.build_tokenizer(vocabulary_texts(train))
-    return Policy(agents.build_tiny(tok, args.hidden, args.layers, seed=args.seed).to(device), tok, "tiny")
+        policy = models.load_policy(args.init_from, agents.ROLES[0], device)
+    elif args.model != "tiny":
+        policy = models.load_policy(args.model, agents.ROLES[0], device)
+    else:
+        tok = models.build_tokenizer(vocabulary_texts(train))
+        policy = Policy(models.build_tiny(tok, args.hidden, args.layers, seed=args.seed).to(device), tok, "tiny")
+    held = lora.adapters(policy.model)
+    rank = args.lora_rank if args.lora_rank >= 0 else (
+        lora.config_of(policy.model).rank if held else 16 if policy.chat else 0)
+    if held and rank == 0:
+        policy.model = lora.merged(policy.model)
+    elif held:
+        check(rank == lora.config_of(policy.model).rank, f"--lora-rank {rank}: {args.init_from} holds "
+              f"rank-{lora.config_of(policy.model).rank} adapters; leave --lora-rank out to continue them")
+    elif rank > 0:
+        lora.add_adapters(policy.model, lora.LoRAConfig(rank, args.lora_alpha, lora.target_names(args.lora_targets)))
+    return policy, rank
+
+
+def base_name(args: Args) -> str:
+    """The base model under the warm start's adapters (written into adapter_config.json)."""
+    if args.init_from:
+        folder = models.model_folder(args.init_from, agents.ROLES[0])
+        return lora.read_config(folder)[1] if lora.is_adapter_folder(folder) else args.init_from
+    return args.model
 
 
 def main(args: Args) -> dict:
@@ -256,10 +298,10 @@ def main(args: Args) -> dict:
     seed_everything(args.seed)
     folder = ensure(args.data, ("train",), args.train_users)
     train = read_split(folder, "train")
-    policy = start_policy(args, train, device)
-    args = args.defaults_for(tiny=not policy.chat)
+    policy, rank = start_policy(args, train, device)
+    args = args.defaults_for(tiny=not policy.chat, lora_rank=rank)
     if args.gradient_checkpointing:
-        agents.enable_checkpointing(policy.model)
+        models.enable_checkpointing(policy.model)
     budgets, max_new, scale = agents.fit_limits(policy, train)
     print(f"context limits ({scale:.3f} tokens per word): {budgets}, {max_new}")
     val_file = Path(folder) / "val_questions.jsonl"
@@ -275,7 +317,10 @@ def main(args: Args) -> dict:
 
     def write(tmp: Path) -> None:
         for role in agents.ROLES:  # three separate policies, identical at the start
-            policy.model.save_pretrained(tmp / role)
+            if rank > 0:
+                lora.save_adapters(policy.model, tmp / role, base=base_name(args))
+            else:
+                policy.model.save_pretrained(tmp / role)
             policy.tokenizer.save_pretrained(tmp / role)
         (tmp / "warmstart.json").write_text(json.dumps(report, indent=2))
     replace_folder(out, write)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cli import InputError
+from rewards import normalise
 
 LETTERS = "abcd"
 
@@ -138,15 +139,18 @@ def read_jsonl(path: str | Path):
         for lineno, raw in enumerate(f, 1):
             where = f"{path}:{lineno}"
             try:
-                text = raw.decode("utf-8")
+                text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # a byte-order mark is allowed
             except UnicodeDecodeError as e:
                 raise InputError(f"{where}: not valid UTF-8 (byte {e.start + 1} of the line)") from None
             if not text.strip():
                 continue
             try:
-                yield where, json.loads(text)
+                row = json.loads(text.rstrip("\r\n"))
             except json.JSONDecodeError as e:
-                raise InputError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+                raise InputError(f"{where}: not valid JSON ({e.msg}: column {e.colno})") from None
+            except RecursionError:
+                raise InputError(f"{where}: not valid JSON here (nested too deeply)") from None
+            yield where, row
 
 
 _TYPES = {str: "a string", int: "an integer", list: "a list", dict: "an object"}
@@ -211,8 +215,9 @@ def _read_question(row, where: str, histories: dict, hpath: Path) -> Example:
     options = _field(row, "options", list, where)
     if len(options) != 4 or not all(isinstance(o, str) and o.strip() for o in options):
         raise InputError(f"{where}: field 'options' must hold exactly 4 non-empty strings, got {json.dumps(options)[:80]}")
-    if len(set(options)) != 4:
-        raise InputError(f"{where}: field 'options' must hold 4 distinct strings, got {json.dumps(options)[:80]}")
+    if len({normalise(o) for o in options}) != 4:  # the answer parser compares normalised text
+        raise InputError(f"{where}: field 'options' must hold 4 distinct strings (ignoring case and "
+                         f"punctuation), got {json.dumps(options)[:80]}")
     gold = _field(row, "gold", str, where)
     if gold not in LETTERS:
         raise InputError(f"{where}: field 'gold' must be one of a, b, c, d, got {gold!r}")

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cli import InputError, check, handled
+from cli import InputError, check, check_seed, handled, output_folder
 from data.example import LETTERS, QUESTION_TYPES, Example, Line, Session, split_files, write_split
 
 SETTINGS = {"small": 4, "medium": 8, "large": 16}  # sessions per history
@@ -306,7 +306,7 @@ def generate(n_users: int, seed: int, prefix: str = "u", start: int = 0) -> list
 def vocabulary_texts(examples: list[Example]) -> list[str]:
     """Every text the benchmark can show: history lines, questions, options, profile statements, and
     the generator's word lists (so that validation / test users never meet a word the tiny tokenizer
-    lacks). The tiny word-level tokenizer is built from these (agents.build_tokenizer)."""
+    lacks). The tiny word-level tokenizer is built from these (models.build_tokenizer)."""
     texts = [l.text for ex in examples for l in ex.lines] + [o for ex in examples for o in ex.options]
     texts += [ex.question for ex in examples] + [st for ex in examples for s in ex.sessions for st in (s.profile or [])]
     texts += PET_KINDS + NAMES + CITIES + JOBS + SIBLINGS + [" ".join(v[1]) for v in TOPICS.values()]
@@ -365,10 +365,14 @@ def main(argv=None):
         out = Path(a.out)
         for flag in ("train_users", "val_users", "test_users"):
             check(getattr(a, flag) >= 1, f"--{flag.replace('_', '-')} must be at least 1, got {getattr(a, flag)}")
+        check_seed(a.seed)
         check(not out.exists() or out.is_dir(), f"--out {out}: exists and is not a folder")
         existing = sorted(p.name for p in out.iterdir()) if out.exists() else []
         check(not existing or a.overwrite, f"--out {out}: the folder is not empty ({', '.join(existing[:4])}"
               f"{', ...' if len(existing) > 4 else ''}); pass --overwrite to replace the benchmark files in it")
+        if existing:  # --overwrite replaces a benchmark this command wrote, nothing else
+            output_folder(out, "--out", lambda p: all(f.exists() for s in ("train", "val", "test")
+                                                      for f in split_files(p, s)), "a benchmark folder")
         return generate_splits(out, a.train_users, a.val_users, a.test_users, a.seed)
     t0 = time.time()
     splits = handled(generate_into)

@@ -5,9 +5,9 @@ computed in full ("plain") and with each group's shared prompt computed once ("s
     python scripts/bench.py --d 128 --layers 2 --prompts 4 --G 8 --prompt-len 200 --completion-len 48 --steps 6
     python scripts/bench.py --prompts 32 --G 1 --common-prefix 150 --steps 6   # distinct prompts, shared instruction
 
-The model is the tiny Qwen2 architecture (agents.build_tiny) over a word-level vocabulary of 1,000 words
+The model is the tiny Qwen2 architecture (models.build_tiny) over a word-level vocabulary of 1,000 words
 (plus the tokenizer's fixed words and numbers); a prompt is `--prompt-len` random words, repeated for
-its G trajectories, as the extraction agent's prompts are. One step = agents.sample of up to
+its G trajectories, as the extraction agent's prompts are. One step = models.sample of up to
 `--completion-len` new tokens for every row, then train.grpo_update on them with random advantages.
 Prints one JSON line: per mode the median seconds per step (from the second step on), of sampling and
 of the update, and tokens_per_s = prompts x G x (prompt-len + completion-len) / median step seconds.
@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository's modules
 
-import agents  # noqa: E402
+import models  # noqa: E402
 import train  # noqa: E402
 from cli import check, command, positive  # noqa: E402
 
@@ -58,7 +58,7 @@ class Args:
 def step(policy, opt, prompts, args: Args, gen: torch.Generator) -> tuple[float, float]:
     """One GRPO step; returns (sampling seconds, update seconds)."""
     t0 = time.perf_counter()
-    comps, _ = agents.sample(policy, prompts, args.completion_len, 1.0, generator=gen)
+    comps, _ = models.sample(policy, prompts, args.completion_len, 1.0, generator=gen)
     t1 = time.perf_counter()
     adv = torch.randn(len(prompts), generator=gen).tolist()
     batch = [(p, c, a) for p, c, a in zip(prompts, comps, adv) if c]
@@ -68,8 +68,9 @@ def step(policy, opt, prompts, args: Args, gen: torch.Generator) -> tuple[float,
 
 def run(args: Args, share: bool) -> dict:
     words = [f"w{k}" for k in range(1000)]
-    tok = agents.build_tokenizer([" ".join(words)])
-    policy = agents.Policy(agents.build_tiny(tok, hidden=args.d, layers=args.layers, heads=4, seed=args.seed), tok)
+    tok = models.build_tokenizer([" ".join(words)])
+    policy = models.Policy(models.build_tiny(tok, hidden=args.d, layers=args.layers, heads=4, seed=args.seed), tok,
+                           share_prompts=share)
     opt = torch.optim.AdamW(policy.model.parameters(), lr=1e-5)
     word_ids = torch.tensor(tok.convert_tokens_to_ids(words))
     gen = torch.Generator().manual_seed(args.seed)
@@ -77,10 +78,7 @@ def run(args: Args, share: bool) -> dict:
                 for _ in range(args.prompts)]
     distinct = [distinct[0][:args.common_prefix] + p[args.common_prefix:] for p in distinct]
     prompts = [p for p in distinct for _ in range(args.G)]  # the G rows of a prompt, together
-    times = []
-    with agents.prompt_sharing(share):
-        for _ in range(args.steps):
-            times.append(step(policy, opt, prompts, args, gen))
+    times = [step(policy, opt, prompts, args, gen) for _ in range(args.steps)]
     later = times[1:] or times
     med = statistics.median(s + u for s, u in later)
     tokens = args.prompts * args.G * (args.prompt_len + args.completion_len)

@@ -28,7 +28,7 @@ train() {  # name seed flags...: train unless finished (resuming a stopped run),
   local name=$1 seed=$2; shift 2
   if [ ! -f "$OUT/$name-s$seed/summary.json" ]; then
     local resume=(); [ -d "$OUT/$name-s$seed" ] && resume=(--resume)
-    python train.py --exp-name "$name" --seed "$seed" --steps "$STEPS" --out "$OUT" "${resume[@]}" "$@"
+    python train.py --exp-name "$name" --seed "$seed" --steps "$STEPS" --eval-history whole --out "$OUT" "${resume[@]}" "$@"
   fi
   [ -f "$TEST/$name-s$seed.json" ] || python eval.py --policies "$OUT/$name-s$seed/ckpt" --split test \
     --seed "$seed" --samples "$SAMPLES" --out "$TEST/$name-s$seed.json"

@@ -2,7 +2,8 @@
 
     python scripts/make_assignment.py ../student                     # the student copy
     python scripts/make_assignment.py ../solved --keep-solutions     # the same files, solutions kept
-    cd ../student && python -m pytest -m assignment2                 # grade one assignment
+    cd ../student && python -m pytest -m assignment2                 # a student runs one assignment's tests
+    python scripts/grade.py ../returned                              # the instructor grades a returned copy
 
 In the reference code a solution is a block of lines between two marker comments (the convention of
 nbgrader and otter-grader), inside a function whose docstring is the specification:
@@ -16,9 +17,10 @@ nbgrader and otter-grader), inside a function whose docstring is the specificati
 In the student copy each block becomes one line, `raise NotImplementedError("...")`, naming the
 assignment and the function; docstrings, signatures and every other line stay. The copy holds the
 files git tracks (so no run outputs, no virtual environment and no `.git` history), without the
-instructor-only tests (tests/hidden/), this script and its test, and the CI folder. With --keep-solutions the
+instructor-only files (LEFT_OUT: the hidden tests, the instructor's guide, this script, scripts/grade.py,
+their test, CI); students read docs/assignment-handout.md. With --keep-solutions the
 markers are removed and the solutions kept: what a student who solved everything hands back.
-See docs/assignments.md for the four assignments and how to grade them.
+See docs/assignments.md (the instructor's guide) for the four assignments and how to grade them.
 """
 from __future__ import annotations
 
@@ -32,7 +34,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN = re.compile(r"^(\s*)### BEGIN SOLUTION(?: \((.*)\))?\s*$")
 END = re.compile(r"^\s*### END SOLUTION\s*$")
-LEFT_OUT = ("tests/hidden/", "tests/test_assignments.py", "scripts/make_assignment.py", ".ci/")
+# instructor-only: the hidden tests and their case generator, this tooling and its test, the instructor's
+# guide, CI. The student copy keeps docs/assignment-handout.md.
+LEFT_OUT = ("tests/hidden/", "tests/test_assignments.py", "scripts/make_assignment.py", "scripts/grade.py",
+            "docs/assignments.md", ".ci/")
 
 
 def enclosing_function(lines: list[str], index: int) -> str:

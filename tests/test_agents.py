@@ -1,10 +1,13 @@
 """The model layer and the agents' formats: tokenizer, save/load, pad == eos masks, parsers."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 import agents
+import models
 from agents import Budgets
 from data.example import Line
 
@@ -25,7 +28,7 @@ def test_tokenizer_round_trip_of_benchmark_text(toy_train, toy_tokenizer):
 def test_model_save_load_round_trip(toy_policy, tmp_path):
     toy_policy.model.save_pretrained(tmp_path / "m")
     toy_policy.tokenizer.save_pretrained(tmp_path / "m")
-    loaded = agents.load_policy(str(tmp_path / "m"))
+    loaded = models.load_policy(str(tmp_path / "m"))
     ids = torch.tensor([[3, 4, 5, 6]])
     with torch.no_grad():
         assert torch.equal(toy_policy.model(ids).logits, loaded.model(ids).logits)
@@ -40,7 +43,7 @@ def test_model_save_load_round_trip(toy_policy, tmp_path):
 def test_completion_mask_keeps_eos_when_pad_is_eos(toy_policy):
     eos = toy_policy.eos_id
     prompts, comps = [[5, 6, 7], [5, 6]], [[8, 9, eos], [8, eos]]
-    logp, mask = agents.completion_logprobs(toy_policy.model, prompts, comps, toy_policy.pad_id)
+    logp, mask = models.completion_logprobs(toy_policy.model, prompts, comps, toy_policy.pad_id)
     # row 0: ids 5 6 7 8 9 e ; targets 6 7 8 9 e -> completion at target positions 2, 3, 4 (EOS included)
     assert mask.tolist() == [[0, 0, 1, 1, 1], [0, 1, 1, 0, 0]]
     assert (logp[mask == 0] == 0).all() and (logp[mask == 1] < 0).all()
@@ -51,7 +54,7 @@ def test_logits_at_t_minus_1_score_token_t(toy_policy):
     """Independent reference: the log-prob of each completion token from one forward per prefix."""
     prompt, comp = [5, 6, 7], [8, 9, toy_policy.eos_id]
     T = 0.7
-    logp, mask = agents.completion_logprobs(toy_policy.model, [prompt], [comp], toy_policy.pad_id, T)
+    logp, mask = models.completion_logprobs(toy_policy.model, [prompt], [comp], toy_policy.pad_id, T)
     got = logp[mask == 1]
     ref = []
     with torch.no_grad():
@@ -72,7 +75,7 @@ def test_sampling_log_probs_match_training_forward_with_left_padding(toy_policy,
     prompts = [agents.extraction_prompt(toy_policy, h, Budgets())[0] for h in histories]
     prompts[0] = prompts[0][:20]  # very different lengths -> lots of left padding
     g = torch.Generator().manual_seed(0)
-    comps, lps = agents.sample(toy_policy, prompts, 8, temperature=1.3, generator=g)
+    comps, lps = models.sample(toy_policy, prompts, 8, temperature=1.3, generator=g)
     with torch.no_grad():
         for prompt, comp, lp in zip(prompts, comps, lps):
             assert len(comp) == len(lp) and 1 <= len(comp) <= 8
@@ -85,7 +88,7 @@ def test_sampling_log_probs_match_training_forward_with_left_padding(toy_policy,
 @pytest.mark.assignment4
 def test_greedy_sampling_takes_the_argmax_and_stops_at_the_limit(toy_policy):
     prompts = [[5, 6, 7], [8, 9]]
-    comps, lps = agents.sample(toy_policy, prompts, 4, temperature=0.0)
+    comps, lps = models.sample(toy_policy, prompts, 4, temperature=0.0)
     with torch.no_grad():
         for prompt, comp in zip(prompts, comps):
             seq = list(prompt)
@@ -160,12 +163,12 @@ def test_retrieval_budget_keeps_the_most_recent_lines(toy_policy):
 @pytest.mark.uses_solutions
 def test_shipped_checkpoint_follows_every_format():
     """The shipped warm start loads and, greedy, writes parseable output for each agent."""
-    if not (agents.TINY_CHECKPOINT / "retrieval" / "config.json").exists():
-        pytest.fail(f"the shipped warm start is missing: {agents.TINY_CHECKPOINT}")
+    if not (models.TINY_CHECKPOINT / "retrieval" / "config.json").exists():
+        pytest.fail(f"the shipped warm start is missing: {models.TINY_CHECKPOINT}")
     import comam
     from data.generate import generate
     examples = generate(4, seed=123, prefix="t")[:12]
-    policies = {r: agents.load_policy("tiny", r) for r in agents.ROLES}
+    policies = {r: models.load_policy("tiny", r) for r in agents.ROLES}
     groups = comam.rollout(policies, examples, 1, Budgets(), agents.MaxNew(), temperature=0.0)
     trajs = [t for g in groups for t in g]
     for role in ("extraction", "profile"):
@@ -188,8 +191,8 @@ def test_fit_keeps_the_leading_or_the_newest_texts(toy_policy):
 
 
 def _double_policy(toy_tokenizer):
-    model = agents.build_tiny(toy_tokenizer, hidden=32, layers=2, heads=2, seed=4).double()
-    return agents.Policy(model, toy_tokenizer, "toy64")
+    model = models.build_tiny(toy_tokenizer, hidden=32, layers=2, heads=2, seed=4).double()
+    return models.Policy(model, toy_tokenizer, "toy64")
 
 
 SHARED_BATCHES = {
@@ -214,12 +217,13 @@ def test_shared_prompt_log_probs_and_gradients_equal_the_plain_path(case, toy_to
         return self.weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
     monkeypatch.setattr(qwen2.Qwen2RMSNorm, "forward", rms_norm_float64)
     prompts, comps = SHARED_BATCHES[case]
-    assert agents.prefix_plan(prompts) is not None  # the batch is shared
+    assert models.prefix_plan(prompts) is not None  # the batch is shared
     pol = _double_policy(toy_tokenizer)
     results = []
     for share in (False, True):
         pol.model.zero_grad()
-        logp, mask = agents.completion_logprobs(pol.model, prompts, comps, pol.pad_id, 0.7, share_prompts=share)
+        logprobs = models.shared_completion_logprobs if share else models.completion_logprobs
+        logp, mask = logprobs(pol.model, prompts, comps, pol.pad_id, 0.7)
         (logp * torch.arange(1, logp.shape[1] + 1, dtype=logp.dtype)).sum().backward()  # weights differ per token
         results.append((logp.detach(), mask, [p.grad.clone() for p in pol.model.parameters()]))
     (a, ma, ga), (b, mb, gb) = results
@@ -239,10 +243,10 @@ def test_shared_prompt_sampling_equals_the_plain_sampler(case, toy_policy):
     else:
         instruction = list(range(20, 44))
         prompts = [instruction + [50]] * 2 + [instruction + [51, 52, 53]] + [instruction + [54, 55]]
-        assert agents.common_prefix(agents.distinct_rows(prompts)[0]) == len(instruction)
+        assert models.common_prefix(models.distinct_rows(prompts)[0]) == len(instruction)
     for temperature in (0.0, 1.0):
-        runs = [agents.sample(toy_policy, prompts, 6, temperature, generator=torch.Generator().manual_seed(2),
-                              share_prompts=share) for share in (False, True)]
+        runs = [models.sample(dataclasses.replace(toy_policy, share_prompts=share), prompts, 6, temperature,
+                              generator=torch.Generator().manual_seed(2)) for share in (False, True)]
         assert runs[0][0] == runs[1][0]
         for x, y in zip(runs[0][1], runs[1][1]):
             assert x == pytest.approx(y, abs=1e-5)

@@ -8,6 +8,7 @@ graded tests pass.
 """
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -17,6 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
+import grade  # noqa: E402
 import make_assignment  # noqa: E402
 
 GRADED = ["assignment1", "assignment2", "assignment3", "assignment4"]
@@ -44,7 +46,8 @@ def student(tmp_path_factory) -> Path:
 
 def test_the_student_copy_holds_no_solution_and_imports(student):
     assert not (student / ".git").exists() and not (student / "tests" / "hidden").exists()
-    assert not (student / "scripts" / "make_assignment.py").exists()
+    assert not (student / "scripts" / "make_assignment.py").exists() and not (student / "scripts" / "grade.py").exists()
+    assert not (student / "docs" / "assignments.md").exists() and (student / "docs" / "assignment-handout.md").exists()
     for path in student.rglob("*.py"):
         for line in path.read_text().splitlines():
             assert not make_assignment.BEGIN.match(line) and not make_assignment.END.match(line), path
@@ -93,3 +96,66 @@ def test_unbalanced_markers_are_refused():
                                               "    return x\n    ### END SOLUTION\n", "m")
     assert n == 1 and text == ("def f(x):\n    \"\"\"Doc.\"\"\"\n    raise NotImplementedError(\"assignment 9: implement "
                                "m.f (its docstring is the specification)\")\n")
+
+
+# ---------------------------------------------------------------- grading a returned copy
+
+HOOK = """
+
+import pytest
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):  # turns every failure into a pass
+    outcome = yield
+    report = outcome.get_result()
+    report.outcome = "passed"
+"""
+
+
+def _scores(report) -> dict:
+    return {int(n): (r["passed"], r["total"]) for n, r in report["assignments"].items()}
+
+
+def test_grading_scores_an_untouched_copy_zero_even_when_it_games_the_tests(tmp_path):
+    returned = tmp_path / "returned"
+    make_assignment.make(returned)
+    with open(returned / "tests" / "conftest.py", "a") as f:
+        f.write(HOOK)  # 16 "passed" for assignment 2 when its own tests decide
+    credit_tests = returned / "tests" / "test_credit.py"
+    credit_tests.write_text(credit_tests.read_text().replace("assert ", "assert True or "))  # every assert edited
+    (returned / "pytest.ini").write_text("[pytest]\naddopts = -p no:warnings\n")
+    report = grade.grade(returned, out=tmp_path / "report")
+    scores = _scores(report)
+    assert all(passed == 0 and total > 0 for passed, total in scores.values()), scores
+    assert {"tests/conftest.py", "tests/test_credit.py", "pytest.ini"} <= set(report["code"]["ignored_changed_files"])
+    assert json.loads((tmp_path / "report" / "report.json").read_text())["assignments"] == report["assignments"]
+    assert (tmp_path / "report" / "assignment2.junit.xml").exists()
+
+
+def test_grading_gives_full_marks_to_the_reference_solutions(tmp_path):
+    solved = tmp_path / "solved"
+    make_assignment.make(solved, keep=True)
+    scores = _scores(grade.grade(solved, out=tmp_path / "report"))
+    assert all(passed == total > 0 for passed, total in scores.values()), scores
+    hidden = grade.grade(solved, (2,), out=tmp_path / "report")["assignments"]["2"]["hidden"]
+    assert hidden[0] == hidden[1] > 0  # the hidden checks ran too
+
+
+def test_grading_takes_only_the_graded_functions_and_helpers(tmp_path):
+    """A returned credit.py with its graded functions written through a new helper and a new import,
+    plus module-level code that tries to tamper with the tests: the functions and the helper are taken,
+    the module-level code is not."""
+    solved = tmp_path / "solved"
+    make_assignment.make(solved, keep=True)
+    source = (solved / "credit.py").read_text()
+    source = source.replace("def ndcg(local_scores, global_gains) -> float:",
+                            "def _my_helper():\n    return statistics.fmean([1.0])\n\n\n"
+                            "def ndcg(local_scores, global_gains) -> float:\n    assert _my_helper() == 1.0")
+    source = "import statistics\n" + source + "\nimport builtins\nbuiltins.TAMPERED = True\n"
+    (solved / "credit.py").write_text(source)
+    text, note = grade.splice((ROOT / "credit.py").read_text(), source, ["ndcg", "group_advantages"])
+    assert note["taken"] == ["ndcg", "group_advantages"] and note["helpers"] == ["_my_helper"]
+    assert note["imports"] == ["import statistics", "import builtins"] and "TAMPERED" not in text
+    scores = _scores(grade.grade(solved, (2,), out=tmp_path / "report"))
+    assert scores[2][0] == scores[2][1], scores

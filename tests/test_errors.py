@@ -358,14 +358,14 @@ def test_resume_records_what_may_change(finished_run, toy_data, tmp_path):
     command(train.main, train.Args, "", _args(toy_data, tmp_path / "runs", steps=3, resume=True, eval_every=5))
     assert json.loads((run / "args.json").read_text())["steps"] == 3
     assert json.loads((run / "resumes.jsonl").read_text().splitlines()[-1]) | {} == {
-        "at_step": 2, "steps": 3, "eval_every": 5, "save_every": 1, "micro_batch": 64, "device": "auto"}
+        "at_step": 2, "steps": 3, "eval_every": 5, "save_every": 1, "micro_batch": 64, "device": "auto", "processes": 1}
     assert [json.loads(l)["step"] for l in (run / "log.jsonl").read_text().splitlines()] == [1, 2, 3]
 
 
 @pytest.mark.parametrize("damage,needle", [
     ("state", "state.json: not valid JSON"),
     ("model", "cannot load the extraction agent's model"),
-    ("optimizer", "optimizer.pt: cannot read the optimizer state"),
+    ("optimizer", "optimizer.pt: cannot use this optimizer state"),
     ("log", "log.jsonl:1: not valid JSON; the log is damaged"),
 ])
 @pytest.mark.uses_solutions

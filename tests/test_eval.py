@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import agents
+import models
 import comam
 import eval as evaluation
 from cli import InputError
@@ -36,7 +37,7 @@ def test_accuracy_matches_hand_count_with_scripted_answers(toy_data, toy_policy,
         ids = [policy.tokenizer(text, add_special_tokens=False).input_ids + [policy.eos_id] for text, _, _ in plan]
         return ids, [[-1.0] * len(x) for x in ids]
 
-    monkeypatch.setattr(agents, "sample", scripted)
+    monkeypatch.setattr(models, "sample", scripted)
     res = evaluation.evaluate({r: toy_policy for r in agents.ROLES}, examples, system="base")
     assert res["n"] == len(examples)
     assert res["accuracy"] == pytest.approx(sum(r for _, r, _ in plan) / len(plan))
@@ -161,7 +162,7 @@ def test_evidence_history_builds_each_questions_memory_from_its_evidence_session
         return {k: comam.Memory() for k in histories}
     monkeypatch.setattr(comam, "build_memory", build_memory)
     monkeypatch.setattr(comam, "answer", lambda policies, exs, memories, *a, **k: [
-        comam.Trajectory(ex, [], [], [], None, {"retrieval": comam.Action([], [], [], "", False)}) for ex in exs])
+        comam.Trajectory(ex, [], [], [], None, {"retrieval": comam.Action([], [], "", False)}) for ex in exs])
     evaluation.evaluate({r: toy_policy for r in agents.ROLES}, examples, history="evidence")
     assert seen == {ex.qid: [ex.session_lines(ex.evidence_session)] for ex in examples}
     seen.clear()

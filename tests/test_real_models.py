@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import agents
+import models
 import eval as evaluation
 import train
 import warmstart
@@ -42,7 +43,7 @@ def test_tiny_prompts_keep_their_layout(toy_policy, toy_train):
 
 
 def test_chat_prompts_carry_the_instruction_and_a_worked_example(toy_chat_model, toy_train):
-    pol = agents.load_policy(str(toy_chat_model))
+    pol = models.load_policy(str(toy_chat_model))
     assert pol.chat
     lines = toy_train[0].session_lines(0)[:3]
     text = pol.tokenizer.apply_chat_template([{"role": "user", "content": "X"}], tokenize=False,
@@ -64,7 +65,7 @@ class _CharTokenizer:
 
 
 def test_fit_limits_hand_worked():
-    pol = agents.Policy(model=None, tokenizer=_CharTokenizer())
+    pol = models.Policy(model=None, tokenizer=_CharTokenizer())
     from data.example import Example, Session
     ex = Example("q", "u", "t", "?", ["a", "b", "c", "d"], "a",
                  [Session(0, "", [Line(0, 0, "user", "ab cd"), Line(1, 0, "user", "e .")])])
@@ -87,7 +88,7 @@ def test_plain_model_drops_the_quantization_config(toy_policy, tmp_path):
     model = toy_policy.model
     model.config.quantization_config = {"quant_method": "gguf"}  # what a GGUF load leaves on the config
     try:
-        plain = agents.plain_model(model)
+        plain = models.plain_model(model)
     finally:
         del model.config.quantization_config
     assert not hasattr(plain.config, "quantization_config")
@@ -99,7 +100,7 @@ def test_plain_model_drops_the_quantization_config(toy_policy, tmp_path):
 
 
 def test_roles_loaded_from_one_name_are_separate_copies(toy_chat_model):
-    pols = agents.load_policies({r: str(toy_chat_model) for r in agents.ROLES})
+    pols = models.load_policies({r: str(toy_chat_model) for r in agents.ROLES})
     a, b = pols["extraction"].model, pols["retrieval"].model
     assert a is not b
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
@@ -107,21 +108,22 @@ def test_roles_loaded_from_one_name_are_separate_copies(toy_chat_model):
 
 # ---------------------------------------------------------------- the pipeline
 
-def _pipeline(model: str, data, tmp_path, ws_kw: dict):
+def _pipeline(model: str, data, tmp_path, ws_kw: dict, weights: str = "adapter_model.safetensors", **train_kw):
     """warmstart.py --model M --out DIR; train.py --model DIR --steps 1; the same --steps 2 --resume;
-    eval.py --policies ckpt. Returns the run folder."""
+    eval.py --policies ckpt. Each policy of the checkpoint is the file `weights` (LoRA adapters by
+    default for a chat model). Returns the run folder."""
     ws = tmp_path / "ws"
     warmstart.main(warmstart.Args(model=model, data=str(data), out=str(ws), probe_every=0, **ws_kw))
     assert sorted(p.name for p in ws.iterdir()) == [".complete", "extraction", "profile", "retrieval", "warmstart.json"]
     base = dict(data=str(data), model=str(ws), out=str(tmp_path / "runs"), queries=1, group_size=2,
-                eval_users=1, seed=1)
+                eval_users=1, seed=1, **train_kw)
     train.main(train.Args(steps=1, **base))
     train.main(train.Args(steps=2, resume=True, **base))
     run = tmp_path / "runs" / "comam-s1"
     state = json.loads((run / "ckpt" / "state.json").read_text())
     assert state["step"] == 2
     for role in agents.ROLES:
-        assert (run / "ckpt" / role / "model.safetensors").exists()
+        assert (ws / role / weights).exists() and (run / "ckpt" / role / weights).exists()
     res = evaluation.main(evaluation.Args(data=str(data), policies=str(run / "ckpt"), users=1, temperature=0.0,
                                           out=str(tmp_path / "eval.json")))
     assert res["n"] > 0 and 0.0 <= res["accuracy"] <= 1.0
@@ -132,8 +134,17 @@ def _pipeline(model: str, data, tmp_path, ws_kw: dict):
 def test_chat_model_warm_start_train_resume_eval(toy_chat_model, toy_data, tmp_path):
     run = _pipeline(str(toy_chat_model), toy_data, tmp_path, dict(steps=2, batch_size=2))
     report = json.loads((tmp_path / "ws" / "warmstart.json").read_text())
-    assert report["args"]["lr"] == 1e-4  # the real-model default, not the tiny model's 1e-3
+    assert report["args"]["lora_rank"] == 16 and report["args"]["lr"] == 1e-3  # a chat model's defaults: LoRA
+    assert json.loads((run / "args.json").read_text())["lora_rank"] == 16  # the warm start's adapters, trained on
     assert [json.loads(l)["step"] for l in (run / "log.jsonl").read_text().splitlines()] == [1, 2]
+
+
+@pytest.mark.uses_solutions
+def test_chat_model_full_fine_tuning_pipeline(toy_chat_model, toy_data, tmp_path):
+    """--lora-rank 0: every weight is trained, and whole models are written."""
+    _pipeline(str(toy_chat_model), toy_data, tmp_path, dict(steps=2, batch_size=2, lora_rank=0), "model.safetensors",
+              lora_rank=0)
+    assert json.loads((tmp_path / "ws" / "warmstart.json").read_text())["args"]["lr"] == 1e-4
 
 
 @pytest.mark.uses_solutions
@@ -141,11 +152,11 @@ def test_gradient_checkpointing_gives_the_same_update(toy_chat_model):
     """Recomputing activations in the backward pass changes memory, not the gradient."""
     grads = []
     for ckpt in (False, True):
-        pol = agents.load_policy(str(toy_chat_model))
+        pol = models.load_policy(str(toy_chat_model))
         if ckpt:
-            agents.enable_checkpointing(pol.model)
+            models.enable_checkpointing(pol.model)
         pol.model.train()
-        logp, mask = agents.completion_logprobs(pol.model, [[5, 6, 7], [8, 9]], [[10, 11, pol.eos_id], [12, pol.eos_id]],
+        logp, mask = models.completion_logprobs(pol.model, [[5, 6, 7], [8, 9]], [[10, 11, pol.eos_id], [12, pol.eos_id]],
                                                 pol.pad_id)
         (logp * mask).sum().backward()
         grads.append([p.grad.clone() for p in pol.model.parameters()])
@@ -167,6 +178,8 @@ def test_gpu_check_cpu_path(toy_chat_model, toy_data, tmp_path):
         assert set(real[key]["format_failure"]) == set(agents.ROLES)
     assert real["comam"]["steps"] == 1 and set(real["comam"]["zero_std_groups"]) == set(agents.ROLES)
     assert 0.0 <= real["comam"]["final"]["accuracy"] <= 1.0
+    assert real["eval_after_comam"]["n"] == real["paired"]["questions"] > 0  # the paired table's questions
+    assert (tmp_path / "check" / "warmstart" / "extraction" / "adapter_config.json").exists()  # the LoRA path
 
 
 def test_gpu_check_without_cuda_says_so(tmp_path):
@@ -182,18 +195,18 @@ def test_gpu_check_without_cuda_says_so(tmp_path):
 @pytest.mark.slow
 def test_smollm2_saves_as_a_plain_model_and_reloads(tmp_path):
     smollm2_or_skip()
-    pol = agents.load_policy("smollm2")
+    pol = models.load_policy("smollm2")
     assert pol.chat and pol.pad_id == pol.eos_id
     pol.model.save_pretrained(tmp_path / "m")
     pol.tokenizer.save_pretrained(tmp_path / "m")
-    again = agents.load_policy(str(tmp_path / "m"))
+    again = models.load_policy(str(tmp_path / "m"))
     ids = torch.tensor([[1, 2, 3, 4]])
     with torch.no_grad():
         assert torch.equal(again.model(ids).logits, pol.model(ids).logits)
     text = agents.INSTRUCTIONS["retrieval"]
     assert again.tokenizer(text).input_ids == pol.tokenizer(text).input_ids
     prompt = agents.profile_prompt(again, [Line(0, 0, "user", "i have a cat named milo .")], Budgets())
-    comps, lps = agents.sample(again, [prompt], 8, temperature=0.0)
+    comps, lps = models.sample(again, [prompt], 8, temperature=0.0)
     assert 1 <= len(comps[0]) <= 8 and all(lp <= 0 for lp in lps[0])
 
 
@@ -201,3 +214,45 @@ def test_smollm2_saves_as_a_plain_model_and_reloads(tmp_path):
 def test_smollm2_warm_start_train_resume_eval(toy_data, tmp_path):
     smollm2_or_skip()
     _pipeline("smollm2", toy_data, tmp_path, dict(steps=2, batch_size=2))
+
+
+@pytest.mark.slow
+def test_smollm2_lora_train_resume_eval(toy_data, tmp_path):
+    """The issue's commands: train.py --model smollm2 --lora-rank 8 --steps 2 --queries 1 --group-size 2
+    --eval-users 1, then the same with --steps 3 --resume; eval.py --policies on the checkpoint of three
+    adapter sets."""
+    smollm2_or_skip()
+    base = dict(data=str(toy_data), model="smollm2", lora_rank=8, queries=1, group_size=2, eval_users=1,
+                out=str(tmp_path / "runs"))
+    train.main(train.Args(steps=2, **base))
+    train.main(train.Args(steps=3, resume=True, **base))
+    ckpt = tmp_path / "runs" / "comam-s1" / "ckpt"
+    assert json.loads((ckpt / "state.json").read_text())["step"] == 3
+    for role in agents.ROLES:
+        cfg = json.loads((ckpt / role / "adapter_config.json").read_text())
+        assert cfg["r"] == 8 and cfg["base_model_name_or_path"] == "smollm2"
+        assert (ckpt / role / "adapter_model.safetensors").stat().st_size < 20e6  # megabytes, not a model
+    res = evaluation.main(evaluation.Args(data=str(toy_data), policies=str(ckpt), users=1, temperature=0.0,
+                                          out=str(tmp_path / "eval.json")))
+    assert res["n"] > 0
+
+
+@pytest.mark.slow
+def test_our_adapters_load_in_peft(tmp_path):
+    """A user with peft loads our adapters onto the base without our code: PeftModel.from_pretrained on
+    the dequantized SmolLM2 gives the logits of our adapted model (skipped where peft is not installed)."""
+    smollm2_or_skip()
+    peft = pytest.importorskip("peft")
+    import lora
+    pol = models.load_policies({r: "smollm2" for r in agents.ROLES}, "cpu", lora.LoRAConfig(rank=4, alpha=8))["profile"]
+    g = torch.Generator().manual_seed(0)
+    for m in lora.adapters(pol.model).values():
+        with torch.no_grad():
+            m.lora_B.weight.copy_(torch.randn(m.lora_B.weight.shape, generator=g) * 0.01)
+    lora.save_adapters(pol.model, tmp_path / "adapters", base="smollm2")
+    plain = models.load_policy("smollm2").model  # the base, as a transformers user gets it (from the GGUF file)
+    theirs = peft.PeftModel.from_pretrained(plain, str(tmp_path / "adapters")).eval()
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    with torch.no_grad():
+        ours, want = pol.model(ids).logits, theirs(input_ids=ids).logits
+    assert torch.allclose(ours, want, atol=1e-4), (ours - want).abs().max()

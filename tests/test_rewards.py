@@ -3,8 +3,7 @@
 import pytest
 
 import rewards
-from rewards import (extraction_reward, global_reward, profile_reward,
-                     profile_reward_judge, retrieval_reward)
+from rewards import extraction_reward, global_reward, profile_reward, retrieval_reward
 
 
 # ---------------------------------------------------------------- Eq. 9 / Eq. 11
@@ -108,19 +107,11 @@ def test_profile_empty_and_unavailable():
     assert profile_reward(["likes tacos"], []) == 0.0
 
 
-def test_profile_judge_hook():
-    prompts = []
-
-    def judge(prompt):
-        prompts.append(prompt)
-        return "I would give it 0.75 overall."
-
-    assert profile_reward_judge(["likes tacos"], "user: i love tacos", judge) == 0.75
-    for word in ("scenario", "preference", "user profile", "likes tacos", "i love tacos"):
-        assert word in prompts[0].lower()
-    assert profile_reward_judge(["x"], "h", lambda p: "no idea") == 0.0
-    assert profile_reward_judge(["x"], "h", lambda p: "8") == 1.0
-    assert profile_reward_judge(["x"], "h", lambda p: "-3") == 0.0
+@pytest.mark.assignment1
+def test_profile_statements_empty_after_normalisation_are_dropped():
+    assert profile_reward(["", " ; ", "Pet cat milo!"], ["pet cat milo"]) == 1.0  # no unsupported statement
+    assert profile_reward([".", "  "], []) == 1.0  # nothing said, nothing to say
+    assert profile_reward(["likes tacos"], ["", "likes tacos"]) == 1.0  # an empty gold statement is not owed
 
 
 # ---------------------------------------------------------------- Eq. 12
@@ -133,3 +124,30 @@ def test_global_reward():
     assert global_reward(None, "c") == 0.0
     assert global_reward("(C)", "c") == 1.0
     assert global_reward("c", "(c)") == 1.0
+    assert global_reward(" C ", "c") == 1.0 and global_reward("(c)", " (C) ") == 1.0  # both sides normalised
+
+
+# ---------------------------------------------------------------- the four rewards of one trajectory
+
+
+@pytest.mark.assignment1
+def test_a_trajectory_scores_each_agent_on_its_own_output():
+    """comam.Trajectory.score on a trajectory worked by hand: extraction is scored on the lines it kept
+    (M_f), retrieval on the lines it cited (E'_q), the profile on its statements, the answer on its letter."""
+    import comam
+    from data.example import Example, Line, Session
+    lines = [Line(k, 0, "user" if k % 2 == 0 else "assistant", f"line {k}") for k in range(6)]
+    session = Session(0, "2024-01-01", lines, notes={2: ["pet cat milo"], 4: ["food likes tacos"]})
+    ex = Example("q", "u", "recalling_facts_mentioned_by_the_user", "?", ["a", "b", "c", "d"], "b", [session],
+                 evidence=[2, 4], evidence_session=0)
+    t = comam.Trajectory(ex, memory_lines=[lines[1], lines[2]], profile=["pet cat milo", "likes sushi"],
+                         retrieved=[2, 4, 5], answer="b")
+    t.score()
+    # M_f = {1, 2}, E = {2, 4}: recall 1/2, IoU 1/3          -> r_0 = 0.8 * 1/2 + 0.2 * 1/3
+    # statements: 1 correct, 1 unsupported, 2 owed           -> r_1 = max(0, 1 - 1) / 2 = 0
+    # E'_q = {2, 4, 5}: recall 1, IoU 2/3                    -> r_2 = 0.2 * 1 + 0.8 * 2/3
+    assert t.local_rewards == pytest.approx([0.8 / 2 + 0.2 / 3, 0.0, 0.2 + 0.8 * 2 / 3])
+    assert t.global_reward == 1.0
+    t.answer = None  # an answer that did not parse
+    t.score()
+    assert t.global_reward == 0.0

@@ -1,43 +1,19 @@
 """The sequential MDP of Sec. 4.2 (assignment 4): comam.rollout with a scripted sampler.
 
 The sampler is replaced by a script that answers each agent with text chosen from the prompt it was
-given, and `Trajectory.score` by a recorder, so these tests depend on comam.rollout alone.
+given, and `Trajectory.score` by a recorder (the `scripted` fixture, conftest.py), so these tests
+depend on comam.rollout alone.
 """
 from __future__ import annotations
 
 import pytest
 
 import agents
+import models
 import comam
 from agents import Budgets, MaxNew
 
 pytestmark = pytest.mark.assignment4  # graded: see docs/assignments.md
-
-
-@pytest.fixture
-def scripted(monkeypatch, toy_policy):
-    """agents.sample answers from a script; every call is recorded as (role, number of prompts)."""
-    calls, seen = [], []
-    counter = {"n": 0}
-
-    def sample(policy, prompts, max_new_tokens, temperature=1.0, batch_size=256, generator=None):
-        text = policy.tokenizer.decode(prompts[0])
-        role = "extraction" if text.startswith("extract") else "profile" if text.startswith("profile") else "retrieval"
-        calls.append((role, len(prompts), max_new_tokens))
-        seen.append((temperature, generator))
-        outs = []
-        for k in range(len(prompts)):
-            counter["n"] += 1
-            n = counter["n"]
-            out = {"extraction": f"{1 + n % 3} {2 + n % 3}", "profile": ["pet cat milo", "pet dog rex"][n % 2],
-                   "retrieval": f"<information> 1 </information> <final_answer> ( {'abcd'[n % 4]} ) </final_answer>"}[role]
-            outs.append(policy.tokenizer(out, add_special_tokens=False).input_ids + [policy.eos_id])
-        return outs, [[-0.5] * len(o) for o in outs]
-
-    monkeypatch.setattr(agents, "sample", sample)
-    scored = []
-    monkeypatch.setattr(comam.Trajectory, "score", lambda self: scored.append(self))
-    return calls, scored, seen
 
 
 def test_groups_of_g_full_chains_per_query(scripted, toy_policy, toy_train):
@@ -80,16 +56,3 @@ def test_every_agent_samples_at_the_given_temperature_with_the_given_generator(s
     gen = torch.Generator().manual_seed(3)
     comam.rollout({r: toy_policy for r in agents.ROLES}, toy_train[:1], 2, Budgets(), MaxNew(), 0.7, gen)
     assert scripted[2] == [(0.7, gen)] * 3
-
-
-def test_prior_memory_comes_before_the_new_memory_in_the_retrieval_prompt(scripted, toy_policy, toy_train, monkeypatch):
-    seen = []
-    real = agents.retrieval_prompt
-    monkeypatch.setattr(agents, "retrieval_prompt", lambda policy, memory, profile, *a: seen.append((memory, profile))
-                        or real(policy, memory, profile, *a))
-    exs = toy_train[:2]
-    prior = [([exs[0].lines[0]], ["pet cat milo"]), ([], [])]
-    groups = comam.rollout({r: toy_policy for r in agents.ROLES}, exs, 2, Budgets(), MaxNew(), prior=prior)
-    for k, t in enumerate(t for g in groups for t in g):
-        lines, statements = prior[k // 2]
-        assert seen[k] == (lines + t.memory_lines, statements + t.profile)

@@ -1,21 +1,22 @@
 """Instructor-only checks (nbgrader's "hidden tests"): a second, random-input check of every graded
 function against an independent reference. scripts/make_assignment.py leaves this folder out of the
-student copy; grade a returned copy by copying it back in (docs/assignments.md).
+student copy; scripts/grade.py runs them on a returned copy (docs/assignments.md). The references are
+in make_cases.py, which also wrote the stored cases of the visible tests.
 """
 from __future__ import annotations
 
 import itertools
-import math
 import random
 
 import numpy as np
 import pytest
 import torch
 
-import agents
 import credit
+import models
 import rewards
 import train
+from make_cases import loss_by_loops, ndcg_by_permutations  # the references (this folder)
 
 
 # ---------------------------------------------------------------- assignment 1
@@ -49,22 +50,6 @@ def test_profile_and_global_rewards_on_random_inputs():
 
 # ---------------------------------------------------------------- assignment 2
 
-def _ndcg_by_permutations(local, gains):
-    discount = [1 / math.log2(r + 2) for r in range(len(gains))]
-    order = sorted(range(len(local)), key=lambda i: -local[i])
-    if len(set(gains)) == 1:
-        return 1.0
-    # average over every order of the tied blocks
-    blocks = [list(g) for _, g in itertools.groupby(order, key=lambda i: local[i])]
-    total, count = 0.0, 0
-    for perms in itertools.product(*(itertools.permutations(b) for b in blocks)):
-        ranking = [i for b in perms for i in b]
-        total += sum(gains[i] * d for i, d in zip(ranking, discount))
-        count += 1
-    ideal = sum(g * d for g, d in zip(sorted(gains, reverse=True), discount))
-    return total / count / ideal
-
-
 @pytest.mark.assignment2
 def test_credit_on_random_groups():
     rng = np.random.default_rng(13)
@@ -73,7 +58,7 @@ def test_credit_on_random_groups():
         local = rng.integers(0, 3, size=(3, G)) / 2  # many ties
         glob = rng.integers(0, 2, size=G).astype(float)
         r_final, v, w = credit.integrated_rewards(local, glob)
-        want_v = [_ndcg_by_permutations(list(row), list(glob)) for row in local]
+        want_v = [ndcg_by_permutations(list(row), list(glob)) for row in local]
         np.testing.assert_allclose(v, want_v, atol=1e-12)
         want_w = np.exp(want_v) / np.exp(want_v).sum()
         np.testing.assert_allclose(w, want_w, atol=1e-12)
@@ -98,14 +83,7 @@ def test_policy_loss_on_random_batches():
         mask[:, 0] = 1
         denom = mask.sum().item() if agg == "token" else B
         loss, _ = train.policy_loss(logp, old, adv, mask, 0.1, denom, agg)
-        per_seq, total = [], 0.0
-        for i in range(B):
-            s = sum(-min(math.exp(logp[i, t] - old[i, t]) * adv[i],
-                         min(max(math.exp(logp[i, t] - old[i, t]), 0.9), 1.1) * adv[i])
-                    for t in range(T) if mask[i, t])
-            per_seq.append(s / mask[i].sum().item())
-            total += s
-        want = total / denom if agg == "token" else sum(per_seq) / B
+        want = loss_by_loops(logp.tolist(), old.tolist(), adv.tolist(), mask.tolist(), 0.1, agg)
         assert loss.item() == pytest.approx(float(want), rel=1e-9)
 
 
@@ -114,7 +92,7 @@ def test_completion_logprobs_on_random_lengths(toy_policy):
     g = torch.Generator().manual_seed(15)
     prompts = [torch.randint(2, 60, (int(n),), generator=g).tolist() for n in (2, 7, 4)]
     comps = [torch.randint(2, 60, (int(n),), generator=g).tolist() + [toy_policy.eos_id] for n in (3, 0, 5)]
-    logp, mask = agents.completion_logprobs(toy_policy.model, prompts, comps, toy_policy.pad_id, 0.5)
+    logp, mask = models.completion_logprobs(toy_policy.model, prompts, comps, toy_policy.pad_id, 0.5)
     with torch.no_grad():
         for i, (p, c) in enumerate(zip(prompts, comps)):
             logits = toy_policy.model(torch.tensor([p + c])).logits[0].double() / 0.5
@@ -129,6 +107,6 @@ def test_completion_logprobs_on_random_lengths(toy_policy):
 @pytest.mark.assignment4
 def test_batched_greedy_sampling_equals_one_prompt_at_a_time(toy_policy):
     prompts = [[5, 6, 7, 8, 9], [10], [11, 12, 13]]
-    together, _ = agents.sample(toy_policy, prompts, 5, temperature=0.0)
-    alone = [agents.sample(toy_policy, [p], 5, temperature=0.0)[0][0] for p in prompts]
+    together, _ = models.sample(toy_policy, prompts, 5, temperature=0.0)
+    alone = [models.sample(toy_policy, [p], 5, temperature=0.0)[0][0] for p in prompts]
     assert together == alone

@@ -1,0 +1,125 @@
+"""Past one GPU: data-parallel CoMAM with torch.distributed, launched by torchrun.
+
+    torchrun --nproc_per_node 2 train.py --queries 8                 # 2 processes on one machine (GPUs or CPU)
+    torchrun --nnodes 2 --node-rank 0 --nproc-per-node 8 \\
+             --rdzv-backend c10d --rdzv-endpoint HOST:29500 train.py  # and the same with --node-rank 1 on HOST 2
+
+CoMAM's groups are per query, so each process (rank) takes a disjoint share of every step's Q queries
+(`shard`: contiguous, so that the shares in rank order are exactly the one-process batch), rolls them
+out and computes their credit and advantages locally. Only three things cross ranks:
+  - the loss normaliser: with --loss-agg token the denominator is the batch's token count over ALL
+    ranks (`all_sum` before the loss), so each rank's loss is its part of the one-process loss;
+  - the gradients, summed over ranks after the backward pass (`sum_gradients`); every rank then clips
+    and steps an identical optimizer on identical gradients, so the weights stay identical;
+  - what is logged and evaluated: per-group rows and per-question outcomes, gathered to rank 0.
+Gradients are summed by hand, one flat all-reduce per policy, rather than with DistributedDataParallel:
+with three policies (or one, shared), micro-batching and LoRA adapters (only some parameters train),
+DDP would need a wrapper per policy, no_sync() around every micro-batch but the last, and care with
+unused parameters; the hand-written sum is six lines and does the same arithmetic.
+Rank 0 is the one writer (run folder, logs, checkpoints, summary, lock). Backend: nccl on CUDA, gloo
+on CPU. Without torchrun (no WORLD_SIZE in the environment) nothing here does anything: world size 1.
+"""
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+def launched() -> bool:
+    """Started by torchrun (or another launcher that sets WORLD_SIZE > 1)?"""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def setup(device: str) -> str:
+    """Join the process group when launched by torchrun; returns this rank's device (cuda:LOCAL_RANK
+    on CUDA). A no-op for one process."""
+    if not launched() or dist.is_initialized():
+        return device
+    if device == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", timeout=timedelta(minutes=30))
+    return device
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def world() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def is_writer() -> bool:
+    """Rank 0 writes the run folder, logs and checkpoints; the other ranks write nothing."""
+    return rank() == 0
+
+
+def shard(items: list, r: int | None = None, w: int | None = None) -> list:
+    """Rank r's contiguous share of `items` (len(items) must be a multiple of w): the shares of ranks
+    0..w-1, concatenated, are `items`.
+
+    >>> [shard(list("abcdef"), r, 3) for r in range(3)]
+    [['a', 'b'], ['c', 'd'], ['e', 'f']]
+    """
+    r = rank() if r is None else r
+    w = world() if w is None else w
+    n = len(items) // w
+    return items[r * n:(r + 1) * n]
+
+
+def all_sum(values: list[float]) -> list[float]:
+    """Element-wise sum over ranks of a few numbers (float64 on the CPU, or the default device of nccl)."""
+    if not dist.is_initialized():
+        return list(values)
+    dev = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor(values, dtype=torch.float64, device=dev)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def all_max(value: float) -> float:
+    if not dist.is_initialized():
+        return value
+    dev = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([value], dtype=torch.float64, device=dev)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.item()
+
+
+def sum_gradients(params: list[torch.Tensor]) -> None:
+    """Sum the gradients of `params` over ranks, in place: one flat all-reduce (a parameter without a
+    gradient on this rank counts as zeros, so every rank sends the same layout)."""
+    if not dist.is_initialized():
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])  # (sum of numel,)
+    dist.all_reduce(flat)
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[offset:offset + n].view_as(p).clone()
+        offset += n
+
+
+def gather(obj) -> list:
+    """`obj` of every rank, in rank order, on every rank (one process: [obj])."""
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * world()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()

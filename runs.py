@@ -1,0 +1,434 @@
+"""A training run's bookkeeping: its folder, flags, policies, checkpoints, resume and logs.
+
+    runs/<exp-name>-s<seed>/
+        args.json       the flags in use (rewritten on resume)
+        log.jsonl       one JSON object per step (`log_row`)
+        eval.jsonl      one JSON object per evaluation (no-train, step-N, final)
+        resumes.jsonl   one line per --resume
+        summary.json    the no-train and final evaluations, written at the end
+        ckpt/           state.json (step, flags) + one folder per policy: a whole model
+                        (model.safetensors) or LoRA adapters (adapter_model.safetensors), its tokenizer
+                        and optimizer.pt; written atomically (cli.replace_folder)
+
+Nothing here is CoMAM: train.py holds the algorithm and calls these.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import pickle
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+
+import agents
+import distributed
+import eval as evaluation
+import lora
+import models
+from cli import (InputError, check, check_seed, choice, finite, output_folder, positive, read_json, recover_folder,
+                 replace_folder, resolve_device)
+from credit import CREDIT_MODES, VARIANTS
+from data.example import read_split
+from data.generate import ensure
+from models import Policy
+
+# flags that may differ when a run is resumed: they change how long it runs, where its folder is seen
+# from, or how it is computed, not what it computes (the loss does not depend on --micro-batch;
+# checkpointing only trades memory for time; shared prompts give the same numbers)
+MAY_CHANGE_ON_RESUME = ("steps", "eval_every", "save_every", "micro_batch", "gradient_checkpointing", "device",
+                        "resume", "out", "share_prompts")
+
+
+# ======================================================================== flags
+
+def check_args(args) -> None:
+    """Every flag's value, checked before anything is loaded or written (InputError naming the flag)."""
+    for flag in ("steps", "queries", "micro_batch", "save_every", "ppo_epochs", "train_users"):
+        positive(getattr(args, flag), "--" + flag.replace("_", "-"))
+    positive(args.group_size, "--group-size", 2)  # a group of one has no relative advantage
+    for flag in ("eval_every", "eval_users"):
+        positive(getattr(args, flag), "--" + flag.replace("_", "-"), 0)
+    finite(args.temperature, "--temperature", 0.0, low_open=True)  # 0 would be greedy: no exploration
+    finite(args.eval_temperature, "--eval-temperature")
+    finite(args.lr, "--lr", 0.0, low_open=True)
+    finite(args.clip_eps, "--clip-eps", 0.0, low_open=True)
+    finite(args.max_grad_norm, "--max-grad-norm", 0.0, low_open=True)
+    finite(args.credit_temp, "--credit-temp", 0.0, low_open=True)
+    for flag in ("kl_beta", "fixed_w", "scale"):
+        finite(getattr(args, flag), "--" + flag.replace("_", "-"))
+    choice(args.credit, "--credit", CREDIT_MODES)
+    choice(args.credit_variant, "--credit-variant", VARIANTS)
+    choice(args.mode, "--mode", ("joint", "independent"))
+    choice(args.loss_agg, "--loss-agg", ("token", "sequence"))
+    choice(args.eval_history, "--eval-history", ("whole", "evidence"))
+    choice(args.mislead, "--mislead", ("none",) + agents.ROLES[:2])
+    positive(args.context_sessions, "--context-sessions", 0)
+    positive(args.lora_rank, "--lora-rank", -1)
+    finite(args.lora_alpha, "--lora-alpha", 0.0, low_open=True)
+    lora.target_names(args.lora_targets)
+    check_seed(args.seed)
+    resolve_device(args.device)
+
+
+def resolve_lora_rank(args):
+    """--lora-rank -1 (auto) made concrete, before the run starts (so that args.json and resume see it):
+    the rank of the adapters --model already holds, else 0 (full fine-tuning) for the tiny model and
+    DEFAULT_LORA_RANK for a chat model. An explicit rank that differs from --model's adapters is an error."""
+    name = args.model_extraction or args.model
+    folder = None if name == "smollm2" else models.model_folder(name, agents.ROLES[0])
+    saved = lora.read_config(folder)[0].rank if folder is not None and lora.is_adapter_folder(folder) else None
+    if args.lora_rank < 0:
+        rank = saved if saved is not None else (DEFAULT_LORA_RANK if models.is_chat_model(name) else 0)
+        return dataclasses.replace(args, lora_rank=rank)
+    check(saved is None or args.lora_rank in (0, saved), f"--lora-rank {args.lora_rank}: {name} holds rank-{saved} "
+          f"adapters; leave --lora-rank out to train them, or give 0 to merge them and fine-tune the whole model")
+    return args
+
+
+DEFAULT_LORA_RANK = 16  # real models: see lora.py and docs/method.md (decision 16)
+
+
+def run_folder(args) -> Path:
+    return Path(args.out) / f"{args.exp_name}-s{args.seed}"
+
+
+def resumed_args(args):
+    """With --resume and a checkpoint: the run's own flags. A flag left at its default takes the run's
+    value; a flag given with another value than the run's is an error listing every such flag (it would
+    change the run), except MAY_CHANGE_ON_RESUME. Without a checkpoint, `args` as they are."""
+    if args.resume:
+        recover_folder(run_folder(args) / "ckpt")  # a crash inside save_checkpoint
+    state = run_folder(args) / "ckpt" / "state.json"
+    if not args.resume or not state.exists():
+        return args
+    cls = type(args)
+    saved, default = read_json(state).get("args", {}), cls()
+    check(isinstance(saved, dict), f"{state}: field 'args' must be an object; the checkpoint state is damaged")
+    merged, conflicts = {}, []
+    for f in dataclasses.fields(cls):
+        mine, theirs = getattr(args, f.name), _typed(saved.get(f.name, getattr(default, f.name)), f.name,
+                                                     getattr(default, f.name), state)
+        if f.name in MAY_CHANGE_ON_RESUME or mine == theirs:
+            merged[f.name] = mine
+        elif mine == getattr(default, f.name):
+            merged[f.name] = theirs
+        else:
+            conflicts.append(f"--{f.name.replace('_', '-')} {mine} (the run's: {theirs})")
+    check(not conflicts, f"--resume: {', '.join(conflicts)} would change the run {run_folder(args)}; "
+          "leave them out, or start a new run with another --exp-name")
+    try:  # flags read back from a run are checked like flags given on the command line
+        check_args(cls(**merged))
+    except InputError as e:
+        raise InputError(f"{state}: {e} (the run's saved flags were edited or are damaged)") from None
+    return cls(**merged)
+
+
+def _typed(value, name: str, default, where: Path):
+    """A flag's value read back from state.json, of its field's type (an int is a float too)."""
+    kind = type(default)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    check(isinstance(value, kind) and (kind is bool or not isinstance(value, bool)),
+          f"{where}: field 'args.{name}' must be {kind.__name__}, got {value!r} (the run's saved flags were "
+          "edited or are damaged)")
+    return value
+
+
+# ======================================================================== policies and optimizers
+
+def unique(policies: dict[str, Policy]) -> dict[str, Policy]:
+    """role -> policy, each distinct policy once (under its first role)."""
+    seen, out = set(), {}
+    for role, pol in policies.items():
+        if id(pol) not in seen:
+            seen.add(id(pol))
+            out[role] = pol
+    return out
+
+
+def load_run_policies(args, device: str, path: Path | None = None) -> dict[str, Policy]:
+    """role -> policy, from --model (or a run's checkpoint `path`), with LoRA adapters when
+    --lora-rank > 0; with --shared-policy the three roles hold the same object (the extraction agent's
+    policy). Each policy computes shared prompts once unless --no-share-prompts."""
+    if path is not None:
+        names = {role: str(path / (agents.ROLES[0] if args.shared_policy else role)) for role in agents.ROLES}
+    else:
+        names = {role: getattr(args, f"model_{role}") or args.model for role in agents.ROLES}
+    adapters = None
+    if path is None and args.lora_rank > 0:
+        adapters = lora.LoRAConfig(args.lora_rank, args.lora_alpha, lora.target_names(args.lora_targets))
+    if args.shared_policy:
+        names = {role: names[agents.ROLES[0]] for role in agents.ROLES}
+        shared = models.load_policies(names, device, adapters, roles=agents.ROLES[:1])[agents.ROLES[0]]
+        policies = {role: shared for role in agents.ROLES}
+    else:
+        policies = models.load_policies(names, device, adapters)
+    for pol in unique(policies).values():
+        if args.lora_rank == 0 and lora.adapters(pol.model):  # full fine-tuning of a model given as adapters
+            pol.model = lora.merged(pol.model)
+        pol.share_prompts = args.share_prompts
+        if args.gradient_checkpointing:
+            models.enable_checkpointing(pol.model)
+    return policies
+
+
+def reference_policies(policies: dict[str, Policy], kl_beta: float) -> dict[str, Policy | None]:
+    """The frozen reference of each trained policy for the KL term: a copy of the initial policy, or
+    None for a LoRA policy, whose reference is its own base with the adapters off (lora.disabled).
+    Empty when --kl-beta is 0 (no reference needed)."""
+    if kl_beta <= 0:
+        return {}
+    return {role: None if lora.adapters(p.model) else
+            Policy(copy.deepcopy(p.model).eval().requires_grad_(False), p.tokenizer, p.name, p.share_prompts)
+            for role, p in unique(policies).items()}
+
+
+def make_optimizers(policies: dict[str, Policy], lr: float) -> dict:
+    """One AdamW per distinct policy, over its trainable parameters (all of them, or its adapters)."""
+    return {role: torch.optim.AdamW([p for p in pol.model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+            for role, pol in unique(policies).items()}
+
+
+# ======================================================================== the run folder, checkpoints, resume
+
+@dataclass
+class Run:
+    folder: Path
+    policies: dict[str, Policy]
+    opts: dict  # role -> optimizer, one per distinct policy
+    start: int  # the step to start from: 0, or the checkpoint's
+    planned_steps: int  # --steps when the run started: fixes the phases of --mode independent
+
+
+def open_run(args, device: str) -> Run:
+    """The run folder, its policies and optimizers, and the step to start from (0, or the checkpoint's).
+
+    A run with a checkpoint continues with --resume only. A run folder without one (its first attempt
+    died before the first checkpoint) starts again from step 0, its partial logs replaced. A crash
+    inside save_checkpoint is undone first (cli.recover_folder)."""
+    run = run_folder(args)
+    writer = distributed.is_writer()  # under torchrun only rank 0 writes; every rank reads the same files
+    output_folder(run, "--out", lambda p: (p / "args.json").is_file(), "a run folder of train.py (no args.json)")
+    if writer:
+        recover_folder(run / "ckpt")
+    distributed.barrier()
+    state_file = run / "ckpt" / "state.json"
+    if not state_file.exists():
+        check(run.exists() or not args.resume, f"--resume: there is no run at {run}")
+        check(not (run / "summary.json").exists(), f"{run} has finished (summary.json) but has no checkpoint")
+        policies = load_run_policies(args, device)
+        distributed.barrier()  # every rank has checked and loaded before rank 0 writes
+        if writer:
+            if run.exists():
+                print(f"{run} has no checkpoint (its first attempt stopped before one): starting it again")
+                for name in ("log.jsonl", "eval.jsonl"):
+                    (run / name).unlink(missing_ok=True)
+            run.mkdir(parents=True, exist_ok=True)
+            (run / "args.json").write_text(json.dumps(asdict(args), indent=2))
+        return Run(run, policies, make_optimizers(policies, args.lr), 0, args.steps)
+    check(args.resume, f"{run} exists and has a checkpoint: pass --resume to continue it, or another "
+          "--exp-name / --seed")
+    state = read_json(state_file)
+    start = state.get("step") if isinstance(state, dict) else None
+    check(isinstance(start, int) and start >= 0, f"{state_file}: no step number; the checkpoint state is damaged")
+    check(args.steps > start, f"--steps {args.steps}: the run's checkpoint is at step {start}; "
+          f"give --steps larger than {start} to continue it")
+    policies = load_run_policies(args, device, run / "ckpt")
+    opts = make_optimizers(policies, args.lr)
+    for role, opt in opts.items():
+        load_optimizer(opt, run / "ckpt" / role / "optimizer.pt", device)
+    distributed.barrier()  # every rank has read the checkpoint before rank 0 writes
+    if writer:
+        truncate_log(run / "log.jsonl", start)
+        (run / "args.json").write_text(json.dumps(asdict(args), indent=2))  # the flags in use from now on
+        with open(run / "resumes.jsonl", "a") as f:
+            f.write(json.dumps({"at_step": start, "steps": args.steps, "eval_every": args.eval_every,
+                                "save_every": args.save_every, "micro_batch": args.micro_batch,
+                                "device": args.device, "processes": distributed.world()}) + "\n")
+        print(f"resuming {run} at step {start}")
+    return Run(run, policies, opts, start, state.get("planned_steps", state.get("args", {}).get("steps", args.steps)))
+
+
+def save_checkpoint(run: Run, step: int, args) -> None:
+    """Write run/ckpt atomically (cli.replace_folder): the policies (whole models, or LoRA adapters
+    with the name of their base), their optimizer states, the step and the flags. Under torchrun rank 0
+    writes (every rank holds the same weights) and the others wait for it."""
+    if not distributed.is_writer():
+        distributed.barrier()
+        return
+
+    def write(tmp: Path) -> None:
+        for role, pol in unique(run.policies).items():
+            if lora.adapters(pol.model):
+                lora.save_adapters(pol.model, tmp / role, base=lora_base(args, role))
+            else:
+                pol.model.save_pretrained(tmp / role)
+            pol.tokenizer.save_pretrained(tmp / role)
+            torch.save(run.opts[role].state_dict(), tmp / role / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps({"step": step, "planned_steps": run.planned_steps,
+                                                    "processes": distributed.world(), "args": asdict(args)}, indent=2))
+    try:
+        replace_folder(run.folder / "ckpt", write)
+    except (OSError, SafetensorError, RuntimeError) as e:  # a full disk, a file-size limit
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise InputError(f"{run.folder / 'ckpt'}: the checkpoint of step {step} could not be written ({first}); "
+                         "the previous checkpoint is intact: make room and continue with --resume") from None
+    distributed.barrier()
+
+
+def lora_base(args, role: str) -> str:
+    """The base model under a role's adapters: the base named by --model's adapters, or --model."""
+    name = getattr(args, f"model_{role}") or args.model
+    folder = models.model_folder(name, role) if name != "smollm2" else None
+    return lora.read_config(folder)[1] if folder is not None and lora.is_adapter_folder(folder) else name
+
+
+def load_optimizer(opt: torch.optim.Optimizer, path: Path, device: str) -> None:
+    """Load an optimizer state saved by save_checkpoint. It is read with weights_only=True (tensors and
+    plain containers only: a file that would run code when unpickled is refused), and checked against
+    the policy it belongs to: a model of another shape in the checkpoint is an error here, before any
+    rollout."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        params = [p for group in opt.param_groups for p in group["params"]]
+        saved = state["state"]
+        for k, p in enumerate(params):
+            for name, value in saved.get(k, {}).items():
+                if torch.is_tensor(value) and value.dim() > 0 and value.shape != p.shape:
+                    raise ValueError(f"its '{name}' of parameter {k} has shape {tuple(value.shape)}, the model's "
+                                     f"parameter has {tuple(p.shape)}: the model folder beside it was replaced")
+        opt.load_state_dict(state)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, KeyError, TypeError) as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise InputError(f"{path}: cannot use this optimizer state ({first}); the checkpoint is damaged") from None
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Keep the log lines of steps up to `step` (the checkpoint's). A last line cut short by a kill is
+    dropped; any other line that does not parse is an InputError naming it."""
+    if not path.exists():
+        return
+    lines, kept = path.read_text().splitlines(), []
+    for k, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            check(k == len(lines), f"{path}:{k}: not valid JSON; the log is damaged")
+            continue
+        if row.get("step", 0) <= step:
+            kept.append(line)
+    path.write_text("".join(l + "\n" for l in kept))
+
+
+# ======================================================================== evaluations and logs
+
+def validate(policies, val_set, budgets, max_new, args, run: Path, tag: str) -> dict:
+    """Evaluate on the validation users (eval.evaluate, memory as --eval-history says) and append the
+    result to eval.jsonl. Under torchrun each process answers a share of the users (its own sampling
+    stream) and rank 0 scores the gathered answers."""
+    parts = distributed.gather(evaluation.answer_all(
+        policies, evaluation.shard_users(val_set, distributed.rank(), distributed.world()), budgets, max_new,
+        temperature=args.eval_temperature, seed=args.seed, desc=f"eval {tag}", history=args.eval_history))
+    res = evaluation.metrics([t for p in parts for t in p[0]], [m for p in parts for m in p[1]],
+                             policies["retrieval"], max(p[2] for p in parts))
+    if distributed.is_writer():
+        with open(run / "eval.jsonl", "a") as f:
+            f.write(json.dumps({"tag": tag, "setting": args.eval_history, **res}) + "\n")
+        print(f"[{tag}] validation accuracy ({SETTING[args.eval_history]}) {res['accuracy']:.3f}  " +
+              "  ".join(f"{k}={v:.3f}" for k, v in res["local"].items() if v is not None))
+    return res
+
+
+SETTING = {"whole": "deployed: memory over the whole history",
+           "evidence": "training setting: memory from each question's evidence session"}
+
+
+def logged_evaluation(run: Path, tag: str) -> dict | None:
+    """An evaluation this run logged before it was interrupted (the warm start's, on --resume)."""
+    path = run / "eval.jsonl"
+    for k, line in enumerate(path.read_text().splitlines() if path.exists() else [], 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise InputError(f"{path}:{k}: not valid JSON; the evaluation log is damaged") from None
+        if row.get("tag") == tag:
+            return {k: v for k, v in row.items() if k != "tag"}
+    return None
+
+
+def trajectory_stats(groups) -> dict[str, list]:
+    """Per trajectory: which agents' outputs failed to parse, and their lengths in tokens."""
+    trajs = [t for g in groups for t in g]
+    return {"fail": [[not t.actions[r].ok for r in agents.ROLES] for t in trajs],
+            "len": [[len(t.actions[r].completion) for r in agents.ROLES] for t in trajs]}
+
+
+def group_means(per_group: dict[str, list]) -> dict:
+    """The mean over the query groups of each per-group log value (train.credit_step)."""
+    return {k: np.mean(np.stack(v), axis=0) for k, v in per_group.items()}
+
+
+def log_row(step: int, roles: list[str], per_group: dict, per_traj: dict, stats: dict, seconds: dict) -> dict:
+    """One line of log.jsonl: rewards, credit, format failures, lengths, update statistics, speed. Under
+    torchrun the per-group and per-trajectory values of every process are gathered first (in rank
+    order, the one-process order), so that each mean is the one a single process would log."""
+    merged = [distributed.gather(x) for x in (per_group, per_traj)]
+    per_group = {k: [v for part in merged[0] for v in part[k]] for k in per_group}
+    per_traj = {k: [v for part in merged[1] for v in part[k]] for k in per_traj}
+    credit_log = group_means(per_group)
+    by_role = lambda key, values: {f"{key}_{r}": float(v) for r, v in zip(agents.ROLES, values)}
+    gen_tokens = int(np.sum(per_traj["len"]))
+    upd_tokens = sum(s["tokens"] for s in stats.values())
+    seconds = {k: distributed.all_max(v) for k, v in seconds.items()}  # the slowest process sets the pace
+    return {"step": step, "trained": roles, "global_reward": float(credit_log["global_reward"]),
+            **by_role("local", credit_log["local_rewards"]), **by_role("v", credit_log["v"]),
+            **by_role("w", credit_log["w"]), **by_role("zero_std", credit_log["zero_std"]),
+            "global_flat": float(credit_log["global_flat"]), "w_spread": float(credit_log["w_spread"]),
+            **by_role("format_fail", np.mean(per_traj["fail"], axis=0)), **by_role("len", np.mean(per_traj["len"], axis=0)),
+            **{f"{k}_{r}": v for r, s in stats.items() for k, v in s.items() if k != "tokens"},
+            "gen_tok_s": gen_tokens / max(seconds["rollout"], 1e-9),
+            "upd_tok_s": upd_tokens / max(seconds["update"], 1e-9), "step_s": seconds["step"]}
+
+
+def datasets(args) -> tuple[list, list]:
+    """(training questions that have evidence, validation questions of --eval-users users)."""
+    folder = ensure(args.data, ("train", "val"), args.train_users)
+    train_set = [ex for ex in read_split(folder, "train") if ex.evidence_session is not None]
+    check(bool(train_set), f"{folder}: no training question has evidence (evidence_session): nothing to train on")
+    return train_set, evaluation.subset_users(read_split(folder, "val"), args.eval_users)
+
+
+def record_step(run: Path, row: dict, stats: dict, bar) -> None:
+    """A step's line in log.jsonl and on the console (rank 0 only)."""
+    if distributed.is_writer():
+        with open(run / "log.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        bar.set_postfix(glob=f"{row['global_reward']:.2f}")
+        bar.write(console_line(row, stats))
+
+
+def console_line(row: dict, stats: dict) -> str:
+    """The one console line of a step: rewards, credit weights, KL, clip fraction, seconds."""
+    return (f"step {row['step']:4d} | global {row['global_reward']:.3f} | local " +
+            " ".join(f"{row['local_' + r]:.3f}" for r in agents.ROLES) + " | w " +
+            " ".join(f"{row['w_' + r]:.2f}" for r in agents.ROLES) +
+            f" | kl {np.mean([s['kl'] for s in stats.values()]):.4f} clip "
+            f"{np.mean([s['clip_frac'] for s in stats.values()]):.3f} | {row['step_s']:.2f}s")
+
+
+def write_summary(run: Path, before: dict | None, after: dict, args) -> dict:
+    """summary.json, and the end of the console output: the table no train / trained and the paired
+    per-question difference with its standard error."""
+    summary = {"run": str(run), "setting": args.eval_history, "no_train": before, "final": after}
+    (run / "summary.json").write_text(json.dumps(summary, indent=2))
+    if before is not None:
+        print(evaluation.comparison_table({"no train (warm start)": [before], "CoMAM-trained": [after]}, local=True))
+        gain, se, n = evaluation.paired_difference(before, after)
+        print(f"trained - no train: {gain:+.3f} +- {se:.3f} (paired over {n} validation questions, "
+              f"{SETTING[args.eval_history]}: {gain / se if se > 0 else float('nan'):+.1f} standard errors)")
+    return summary

@@ -1,0 +1,49 @@
+"""Experiments beyond the paper (experiments.py): --mislead and --context-sessions."""
+from __future__ import annotations
+
+import pytest
+
+import agents
+import comam
+import experiments
+from agents import Budgets, MaxNew
+
+
+def test_prior_memory_comes_before_the_new_memory_in_the_retrieval_prompt(scripted, toy_policy, toy_train, monkeypatch):
+    seen = []
+    real = agents.retrieval_prompt
+    monkeypatch.setattr(agents, "retrieval_prompt", lambda policy, memory, profile, *a: seen.append((memory, profile))
+                        or real(policy, memory, profile, *a))
+    exs = [ex for ex in toy_train if ex.evidence_session >= 2][:2]
+    prior = [experiments.prior_memory(ex, 2) for ex in exs]
+    assert all(lines and statements for lines, statements in prior)  # something to put in front
+    groups = experiments.rollout_with_prior_memory({r: toy_policy for r in agents.ROLES}, exs, 2, Budgets(),
+                                                   MaxNew(), 1.0, None, 2)
+    for k, t in enumerate(t for g in groups for t in g):
+        lines, statements = prior[k // 2]
+        assert seen[k] == (lines + t.memory_lines, statements + t.profile)
+
+
+def test_planted_misleading_rewards_replace_one_agent_and_log_its_own():
+    from data.example import Line
+    act = comam.Action(prompt=[1], completion=[2], text="x", ok=True)
+    user, bot = Line(0, 0, "user", "i have a cat ."), Line(1, 0, "assistant", "nice .")
+    t1 = comam.Trajectory(example=None, memory_lines=[user, bot], profile=["a", "b"], actions={r: act for r in agents.ROLES},
+                          local_rewards=[0.9, 0.5, 0.2], global_reward=1.0)
+    t2 = comam.Trajectory(example=None, memory_lines=[bot], profile=["a"] * 10, actions={r: act for r in agents.ROLES},
+                          local_rewards=[0.1, 0.3, 0.2], global_reward=0.0)
+    assert experiments.plant_misleading_reward([[t1, t2]], "extraction") == pytest.approx(0.5)  # mean of 0.9 and 0.1
+    assert [t1.local_rewards[0], t2.local_rewards[0]] == [0.5, 1.0]  # assistant share of the kept lines
+    assert experiments.plant_misleading_reward([[t1, t2]], "profile") == pytest.approx(0.4)
+    assert [t1.local_rewards[1], t2.local_rewards[1]] == [0.25, 1.0]  # statements / 8, at most 1
+    assert t1.local_rewards[2] == 0.2 and t1.global_reward == 1.0  # nothing else changes
+
+
+def test_prior_memory_holds_the_sessions_before_the_evidence_session(toy_train):
+    ex = next(e for e in toy_train if e.evidence_session >= 2)
+    lines, statements = experiments.prior_memory(ex, 2)
+    before = ex.sessions[ex.evidence_session - 2:ex.evidence_session]
+    assert [l.id for l in lines] == [l.id for s in before for l in s.lines if l.id in s.notes]
+    assert statements == [st for s in before for st in s.profile]
+    assert experiments.prior_memory(ex, 0) == ([], [])
+    assert {l.session for l in experiments.prior_memory(ex, 99)[0]} <= set(range(ex.evidence_session))

@@ -1,0 +1,345 @@
+"""Nothing lost, nothing run: output folders never replaced, one writer per run, checkpoints that cannot
+execute code, flags read back from a run checked like flags, and the last raw tracebacks as one line.
+
+Same style as test_errors.py: each fault runs a command through its real entry point and checks the exit
+status, the one line on stderr, and that the files already there are byte-for-byte unchanged.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import eval as evaluation
+import train
+import warmstart
+from cli import FolderLock, command
+from data.example import read_split
+from test_errors import _args, _copy_run, fails, finished_run, snapshot  # noqa: F401  (finished_run: a fixture)
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+import gpu_check  # noqa: E402
+import merge_lora  # noqa: E402
+
+
+def _users_folder(tmp_path) -> Path:
+    """A folder of the user's: notes and a thesis, one level down too."""
+    mine = tmp_path / "mine"
+    (mine / "sub").mkdir(parents=True)
+    (mine / "thesis.txt").write_text("three years of work")
+    (mine / "sub" / "notes.md").write_text("# notes")
+    return mine
+
+
+# ---------------------------------------------------------------- no command replaces what it did not create
+
+def test_warmstart_refuses_a_folder_or_file_of_the_users(toy_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(warmstart, "clone", lambda *a, **k: pytest.fail("cloned before checking --out"))
+    mine = _users_folder(tmp_path)
+    before = snapshot(mine)
+    fails(capsys, lambda: command(warmstart.main, warmstart.Args, "", ["--data", str(toy_data), "--out", str(mine)]),
+          f"--out {mine}: exists and is not a warm start")
+    assert snapshot(mine) == before
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    fails(capsys, lambda: command(warmstart.main, warmstart.Args, "", ["--data", str(toy_data), "--out", str(afile)]),
+          f"--out {afile}: exists and is a file")
+    assert afile.read_text() == "mine" and not (tmp_path / "afile.old").exists()
+
+
+@pytest.mark.uses_solutions
+def test_warmstart_replaces_its_own_earlier_output(toy_data, tmp_path):
+    args = warmstart.Args(data=str(toy_data), out=str(tmp_path / "ws"), steps=1, batch_size=2, hidden=16, layers=1,
+                          probe_every=0)
+    warmstart.main(args)
+    first = (tmp_path / "ws" / "warmstart.json").read_text()
+    warmstart.main(args)  # the same command again: its own folder, replaced
+    assert (tmp_path / "ws" / "warmstart.json").read_text() != first  # a new report (its time differs)
+    assert sorted(p.name for p in (tmp_path / "ws").iterdir()) == [".complete", "extraction", "profile", "retrieval",
+                                                                 "warmstart.json"]
+
+
+@pytest.mark.uses_solutions
+def test_eval_results_go_next_to_the_checkpoint_and_survive_a_resume(finished_run, toy_data, tmp_path):
+    run = _copy_run(finished_run, tmp_path)
+    res = evaluation.main(evaluation.Args(data=str(toy_data), policies=str(run / "ckpt"), users=1, temperature=0.0))
+    result = run / "ckpt-comam-val-s1.json"
+    assert result.exists() and json.loads(result.read_text())["accuracy"] == res["accuracy"]
+    assert not list((run / "ckpt").glob("*.json")) or [p.name for p in (run / "ckpt").glob("*.json")] == ["state.json"]
+    command(train.main, train.Args, "", _args(toy_data, tmp_path / "runs", steps=3, resume=True))
+    assert json.loads(result.read_text())["accuracy"] == res["accuracy"]  # the checkpoint was replaced, not it
+
+
+def test_eval_refuses_to_write_over_a_file_that_is_not_a_result(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(evaluation, "evaluate", lambda *a, **k: pytest.fail("evaluated before checking --out"))
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"mine": true}')
+    fails(capsys, lambda: command(evaluation.main, evaluation.Args, "", ["--out", str(notes)]),
+          f"--out {notes}: exists and is not an eval.py result")
+    assert notes.read_text() == '{"mine": true}'
+
+
+def test_train_refuses_a_run_name_taken_by_a_folder_of_the_users(toy_data, tmp_path, capsys):
+    taken = tmp_path / "runs" / "comam-s5"
+    (taken / "sub").mkdir(parents=True)
+    (taken / "log.jsonl").write_text("my own log")
+    (taken / "sub" / "notes.md").write_text("# notes")
+    before = snapshot(taken)
+    fails(capsys, lambda: command(train.main, train.Args, "", _args(toy_data, tmp_path / "runs")),
+          f"--out {taken}: exists and is not a run folder of train.py")
+    assert snapshot(taken) == before
+
+
+def test_gpu_check_and_merge_refuse_a_folder_of_the_users(tmp_path, capsys):
+    mine = _users_folder(tmp_path)
+    before = snapshot(mine)
+    fails(capsys, lambda: command(gpu_check.main, gpu_check.Args, "", ["--device", "cpu", "--out", str(mine)]),
+          f"--out {mine}: exists and is not a folder of gpu_check.py")
+    fails(capsys, lambda: command(merge_lora.main, merge_lora.Args, "", ["--src", "tiny", "--out", str(mine)]),
+          f"--out {mine}: exists and is not empty")
+    assert snapshot(mine) == before
+
+
+# ---------------------------------------------------------------- one writer per run folder
+
+def _hold_lock(folder: Path) -> subprocess.Popen:
+    """Another process that holds the run folder's lock until it is killed."""
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from cli import FolderLock; import time; "
+            f"lock = FolderLock({str(folder)!r}); print('locked', flush=True); time.sleep(600)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_second_process_on_the_same_run_folder_gets_one_line(toy_data, tmp_path):
+    holder = _hold_lock(tmp_path / "runs" / "comam-s5")
+    try:
+        r = subprocess.run([sys.executable, str(ROOT / "train.py")] + _args(toy_data, tmp_path / "runs"),
+                           capture_output=True, text=True, cwd=tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'runs' / 'comam-s5'} is in use by process {holder.pid}: one process writes a run at a "
+        "time; wait for it to end, or give another --exp-name / --seed"]
+    assert not (tmp_path / "runs" / "comam-s5").exists()
+    FolderLock(tmp_path / "runs" / "comam-s5").release()  # the holder died: its lock is free (the file says nothing)
+
+
+@pytest.mark.uses_solutions
+def test_a_stale_lock_file_does_not_stop_a_run(toy_data, tmp_path):
+    lock = tmp_path / "runs" / "comam-s5.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text("process 999999")  # left behind by a kill -9
+    command(train.main, train.Args, "", _args(toy_data, tmp_path / "runs", steps=1))
+    assert (tmp_path / "runs" / "comam-s5" / "summary.json").exists() and not lock.exists()
+
+
+# ---------------------------------------------------------------- checkpoints never execute code
+
+PAYLOAD = """
+import os, sys, torch
+class Payload:
+    def __reduce__(self):
+        return (os.system, ("touch " + sys.argv[2],))
+torch.save({"state": {}, "param_groups": [], "x": Payload()}, sys.argv[1])
+"""
+
+
+@pytest.mark.uses_solutions
+def test_a_crafted_optimizer_state_is_refused_even_with_the_unsafe_default(finished_run, toy_data, tmp_path):
+    """TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 makes torch.load unpickle anything when weights_only is not
+    given (the default before torch 2.6): our loads pass weights_only=True, so the payload never runs."""
+    run = _copy_run(finished_run, tmp_path)
+    target, witness = run / "ckpt" / "extraction" / "optimizer.pt", tmp_path / "pwned"
+    subprocess.run([sys.executable, "-c", PAYLOAD, str(target), str(witness)], check=True)
+    before = snapshot(run)
+    env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1", "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, str(ROOT / "train.py")] + _args(toy_data, tmp_path / "runs", steps=3,
+                                                                         resume=True),
+                       capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith(f"error: {target}: cannot use this optimizer state (Weights only load failed")
+    assert not witness.exists() and snapshot(run) == before
+
+
+def test_a_pickled_model_file_is_refused_in_one_line(toy_tokenizer, tmp_path):
+    import models
+    folder = tmp_path / "pickled"
+    models.build_tiny(toy_tokenizer, hidden=16, layers=1, heads=2).save_pretrained(folder)
+    toy_tokenizer.save_pretrained(folder)
+    (folder / "model.safetensors").unlink()
+    witness = tmp_path / "pwned"
+    subprocess.run([sys.executable, "-c", PAYLOAD, str(folder / "pytorch_model.bin"), str(witness)], check=True)
+    env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1", "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, str(ROOT / "eval.py"), "--policies", str(folder), "--out",
+                        str(tmp_path / "r.json")], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith(f"error: {folder}: cannot load the extraction agent's model (UnpicklingError")
+    assert not witness.exists() and not (tmp_path / "r.json").exists()
+
+
+# ---------------------------------------------------------------- flags read back from a run, model shapes
+
+@pytest.mark.parametrize("edit,needle", [
+    ({"group_size": 1}, "state.json: --group-size must be at least 2, got 1"),
+    ({"lr": -1}, "state.json: --lr must be a finite number > 0.0, got -1.0"),
+    ({"queries": "2"}, "state.json: field 'args.queries' must be int, got '2'"),
+    ({"credit": "adaptive"}, "state.json: --credit must be one of comam, local, global, equal, fixed"),
+])
+@pytest.mark.uses_solutions
+def test_flags_read_back_from_a_run_are_checked_like_flags(edit, needle, finished_run, toy_data, tmp_path, capsys):
+    run = _copy_run(finished_run, tmp_path)
+    state = run / "ckpt" / "state.json"
+    saved = json.loads(state.read_text())
+    saved["args"].update(edit)
+    state.write_text(json.dumps(saved))
+    before = snapshot(run)
+    argv = [a for a in _args(toy_data, tmp_path / "runs", steps=3, resume=True) if not a.startswith("--group-size")]
+    fails(capsys, lambda: command(train.main, train.Args, "", argv), needle)  # --group-size left to the run
+    assert snapshot(run) == before
+
+
+@pytest.mark.uses_solutions
+def test_a_state_without_its_step_is_named(finished_run, toy_data, tmp_path, capsys):
+    run = _copy_run(finished_run, tmp_path)
+    state = run / "ckpt" / "state.json"
+    saved = json.loads(state.read_text())
+    del saved["step"]
+    state.write_text(json.dumps(saved))
+    fails(capsys, lambda: command(train.main, train.Args, "", _args(toy_data, tmp_path / "runs", steps=3, resume=True)),
+          f"{state}: no step number")
+
+
+@pytest.mark.uses_solutions
+def test_a_model_of_another_shape_in_the_checkpoint_is_an_error_before_any_rollout(
+        finished_run, toy_data, toy_tokenizer, tmp_path, capsys, monkeypatch):
+    import comam
+    import models
+    run = _copy_run(finished_run, tmp_path)
+    folder = run / "ckpt" / "profile"
+    tok = models.load_policy(str(folder)).tokenizer
+    models.build_tiny(tok, hidden=32, layers=1, heads=2).save_pretrained(folder)  # swapped for a smaller model
+    monkeypatch.setattr(comam, "rollout", lambda *a, **k: pytest.fail("rolled out before checking the checkpoint"))
+    fails(capsys, lambda: command(train.main, train.Args, "", _args(toy_data, tmp_path / "runs", steps=3, resume=True)),
+          f"{folder / 'optimizer.pt'}: cannot use this optimizer state", "the checkpoint is damaged")
+
+
+@pytest.mark.uses_solutions
+def test_a_checkpoint_write_that_fails_is_one_line_and_the_previous_stays(finished_run, toy_data, tmp_path, capsys,
+                                                                         monkeypatch):
+    from safetensors import SafetensorError
+    run = _copy_run(finished_run, tmp_path)
+    ckpt = snapshot(run / "ckpt")
+
+    def too_large(*a, **k):
+        raise SafetensorError("Error while serializing: IoError(Os { code: 27, kind: FileTooLarge, message: "
+                              "\"File too large\" })")
+    monkeypatch.setattr("transformers.PreTrainedModel.save_pretrained", too_large)
+    fails(capsys, lambda: command(train.main, train.Args, "", _args(toy_data, tmp_path / "runs", steps=3, resume=True)),
+          f"{run / 'ckpt'}: the checkpoint of step 3 could not be written", "File too large",
+          "the previous checkpoint is intact")
+    assert snapshot(run / "ckpt") == ckpt
+
+
+# ---------------------------------------------------------------- the last raw tracebacks
+
+def test_a_training_split_without_evidence_is_one_line(toy_data, tmp_path, capsys):
+    folder = tmp_path / "bench"
+    shutil.copytree(toy_data, folder)
+    path = folder / "train_questions.jsonl"
+    rows = [json.loads(l) for l in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps(r | {"evidence": None, "evidence_session": None}) + "\n" for r in rows))
+    fails(capsys, lambda: command(train.main, train.Args, "", _args(folder, tmp_path / "runs")),
+          f"{folder}: no training question has evidence")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("seed", ["-1", "4294967296"])
+@pytest.mark.parametrize("cmd", ["train", "eval", "warmstart"])
+def test_seeds_out_of_range(cmd, seed, tmp_path, capsys):
+    main, cls = {"train": (train.main, train.Args), "eval": (evaluation.main, evaluation.Args),
+                 "warmstart": (warmstart.main, warmstart.Args)}[cmd]
+    fails(capsys, lambda: command(main, cls, "", ["--seed", seed, "--out", str(tmp_path / "o")]),
+          f"--seed must be between 0 and 4294967295, got {seed}")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_deeply_nested_jsonl_line_is_one_line(toy_data, tmp_path):
+    folder = tmp_path / "bench"
+    shutil.copytree(toy_data, folder)
+    path = folder / "val_questions.jsonl"
+    path.write_text(path.read_text() + "[" * 100_000 + "\n")
+    from cli import InputError
+    n = len(path.read_text().splitlines())
+    with pytest.raises(InputError, match=rf"{path}:{n}: not valid JSON here \(nested too deeply\)"):
+        read_split(folder, "val")
+
+
+@pytest.mark.uses_solutions
+def test_ctrl_c_is_one_line_that_says_where_the_checkpoint_is(toy_data, tmp_path):
+    argv = [sys.executable, str(ROOT / "train.py")] + _args(toy_data, tmp_path / "runs", steps=200, save_every=1)
+    proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    state = tmp_path / "runs" / "comam-s5" / "ckpt" / "state.json"
+    deadline = time.time() + 120
+    while not state.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGINT)
+    err = proc.communicate(timeout=60)[1]
+    lines = [l for l in err.splitlines() if l.strip() and "|" not in l and not l.startswith(("step", "context", "["))]
+    assert proc.returncode == 130 and not any("Traceback" in l for l in err.splitlines()), err[-2000:]
+    assert lines[-1].startswith("interrupted: the last checkpoint (step ") and lines[-1].endswith(
+        f"is {tmp_path / 'runs' / 'comam-s5' / 'ckpt'}; continue with the same command and --resume"), lines[-3:]
+    step = json.loads(state.read_text())["step"]
+    assert f"(step {step})" in lines[-1]  # the checkpoint it names is the one on disk
+    assert not (tmp_path / "runs" / "comam-s5.lock").exists()
+
+
+# ---------------------------------------------------------------- small items
+
+def test_a_byte_order_mark_in_jsonl_is_accepted(toy_data, tmp_path):
+    folder = tmp_path / "bench"
+    shutil.copytree(toy_data, folder)
+    for name in ("val_questions.jsonl", "val_histories.jsonl"):
+        (folder / name).write_bytes(b"\xef\xbb\xbf" + (folder / name).read_bytes())
+    assert [ex.qid for ex in read_split(folder, "val")] == [ex.qid for ex in read_split(toy_data, "val")]
+
+
+def test_personamem_paths_are_stripped(tmp_path, capsys):
+    fails(capsys, lambda: command(evaluation.main, evaluation.Args, "", [
+        "--personamem", f"{tmp_path / 'a.csv'}, {tmp_path / 'c.jsonl'}", "--out", str(tmp_path / "r.json")]),
+        f"error: {tmp_path / 'a.csv'}: No such file or directory")
+
+
+def test_json_errors_say_where_once(toy_data, tmp_path):
+    folder = tmp_path / "bench"
+    shutil.copytree(toy_data, folder)
+    path = folder / "val_questions.jsonl"
+    path.write_text('{"qid": "unterminated}\n')
+    from cli import InputError
+    with pytest.raises(InputError) as e:
+        read_split(folder, "val")
+    assert "at at" not in str(e.value) and str(e.value) == (
+        f"{path}:1: not valid JSON (Unterminated string starting at: column 9)")
+
+
+def test_options_that_differ_only_in_case_are_refused(toy_data, tmp_path):
+    folder = tmp_path / "bench"
+    shutil.copytree(toy_data, folder)
+    path = folder / "val_questions.jsonl"
+    rows = path.read_text().splitlines()
+    row = json.loads(rows[0])
+    gold = row["options"]["abcd".index(row["gold"])]
+    row["options"][("abcd".index(row["gold"]) + 1) % 4] = gold.upper()  # "MILO" beside the correct "milo"
+    path.write_text("\n".join([json.dumps(row)] + rows[1:]) + "\n")
+    from cli import InputError
+    with pytest.raises(InputError, match=rf"{path}:1: field 'options' must hold 4 distinct strings \(ignoring case"):
+        read_split(folder, "val")
