@@ -66,16 +66,13 @@ def prior_memory(ex: Example, n: int) -> tuple[list[Line], list[str]]:
 
 def rollout_with_prior_memory(policies, examples: list[Example], group_size: int, budgets, max_new,
                               temperature: float, generator, n: int) -> list[list[comam.Trajectory]]:
-    """comam.rollout, except that the retrieval agent of query q sees prior lines + M_f and prior
-    statements + M_c (`prior_memory`). The construction agents and their rewards are unchanged."""
-    trajs = [comam.Trajectory(ex) for ex in examples for _ in range(group_size)]
-    histories = [t.example.session_lines(t.example.evidence_session) for t in trajs]
-    for t, (act, mem) in zip(trajs, comam.run_extraction(policies["extraction"], histories, budgets,
-                                                         max_new.extraction, temperature, generator)):
-        t.actions["extraction"], t.memory_lines = act, mem
-    for t, (act, prof) in zip(trajs, comam.run_profile(policies["profile"], [t.memory_lines for t in trajs],
-                                                       budgets, max_new.profile, temperature, generator)):
-        t.actions["profile"], t.profile = act, prof
+    """comam.rollout, then the retrieval agent's step again for every trajectory with the prior memory
+    in front of its own: it sees prior lines + M_f and prior statements + M_c (`prior_memory`), and the
+    trajectory is scored on that answer. The construction agents and their rewards are unchanged. (The
+    first retrieval step is sampled and dropped: a few seconds, so that comam.rollout, assignment 4's
+    function, stays the paper's MDP with no hook, and nothing here repeats it.)"""
+    groups = comam.rollout(policies, examples, group_size, budgets, max_new, temperature, generator)
+    trajs = [t for g in groups for t in g]
     prior = {id(ex): prior_memory(ex, n) for ex in examples}
     items = [(prior[id(t.example)][0] + t.memory_lines, prior[id(t.example)][1] + t.profile, t.example)
              for t in trajs]
@@ -83,4 +80,4 @@ def rollout_with_prior_memory(policies, examples: list[Example], group_size: int
                                                                 max_new.retrieval, temperature, generator)):
         t.actions["retrieval"], t.retrieved, t.answer = act, ids, letter
         t.score()
-    return [trajs[i:i + group_size] for i in range(0, len(trajs), group_size)]
+    return groups

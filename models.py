@@ -27,6 +27,7 @@ import json
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from safetensors import SafetensorError
@@ -582,49 +583,61 @@ def prefix_plan(prompts: list[list[int]]) -> tuple[list[list[int]], list[int]] |
 
 def shared_completion_logprobs(model, prompts: list[list[int]], completions: list[list[int]], pad_id: int,
                                temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """`completion_logprobs` with each shared prompt prefix (`prefix_plan`) forwarded once: the D
-    prefixes (left-padded) fill a KV cache that is copied to the B rows (`reorder_cache`, an
-    index_select: gradients flow back to the shared prefix through it); then each row's own part,
-    rest = prompt after its prefix + completion (right-padded), is forwarded on that cache with
-    position ids that continue its prefix. Completion token k of row i sits at rest index r_i + k,
-    r_i = its prompt remainder's length, and is scored by the hidden state at r_i + k - 1.
-    Falls back to `completion_logprobs` when sharing would not pay, under activation checkpointing
-    (it keeps no cache) and for models with a special head. Returns the same (logp, mask)."""
+    """`completion_logprobs`, with each prompt prefix shared by several rows (`prefix_plan`) forwarded
+    once: it runs `completion_logprobs` itself, on the model seen through the plan (`SharedPrefixLM`).
+    Falls back to the plain path when sharing would not pay, under activation checkpointing (it keeps
+    no cache) and for models with a special head. Returns the same (logp, mask)."""
     checkpointing = getattr(model, "is_activation_checkpointing", None)
     checkpointing = checkpointing if checkpointing is not None else getattr(model, "is_gradient_checkpointing", False)
     plan = prefix_plan(prompts) if not checkpointing and not _special_head(model) else None
     if plan is None:
         return completion_logprobs(model, prompts, completions, pad_id, temperature)
-    prefixes, owner = plan
-    dev = next(model.parameters()).device
-    base, head = model.base_model, model.get_output_embeddings()
-    ids, mask = left_pad(prefixes, pad_id)  # (D, Tp)
-    ids, mask = ids.to(dev), mask.to(dev)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (D, Tp)
-    cache = cache_of(base(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True))
-    rows = torch.tensor(owner, device=dev)  # (B,)
-    cache.reorder_cache(rows)  # (B, heads, Tp, d) per layer
-    rests = [p[len(prefixes[o]):] + c for p, c, o in zip(prompts, completions, owner)]
-    Tr = max(len(r) for r in rests)
-    rest_ids = torch.full((len(rests), Tr), pad_id, dtype=torch.long)
-    rest_mask = torch.zeros((len(rests), Tr), dtype=torch.long)
-    where = torch.zeros((len(rests), Tr), dtype=torch.bool)
-    for i, (r, c) in enumerate(zip(rests, completions)):
-        rest_ids[i, :len(r)] = torch.tensor(r)
-        rest_mask[i, :len(r)] = 1
-        where[i, len(r) - len(c) - 1:len(r) - 1] = True
-    rest_ids, rest_mask, where = rest_ids.to(dev), rest_mask.to(dev), where.to(dev)
-    start = torch.tensor([len(prefixes[o]) for o in owner], device=dev)  # (B,): each row's prefix length
-    positions = start[:, None] + torch.arange(Tr, device=dev)[None, :]  # (B, Tr)
-    hidden = base(input_ids=rest_ids, attention_mask=torch.cat([mask[rows], rest_mask], dim=1),
-                  position_ids=positions, use_cache=True, **{cache_keyword(base): cache}).last_hidden_state  # (B, Tr, H)
-    logits = head(hidden[where]).float()  # (N, V), completion tokens in row-major order
-    targets = torch.tensor([t for c in completions for t in c], device=dev)  # (N,)
-    logp_flat = torch.log_softmax(logits / temperature, dim=-1).gather(-1, targets[:, None]).squeeze(-1)  # (N,)
-    T = max(len(p) + len(c) for p, c in zip(prompts, completions))
-    out_mask = torch.zeros((len(prompts), T - 1), dtype=torch.float32)  # (B, T-1), as completion_logprobs
-    for i, (p, c) in enumerate(zip(prompts, completions)):
-        out_mask[i, len(p) - 1:len(p) + len(c) - 1] = 1.0
-    out_mask = out_mask.to(dev)
-    logp = torch.zeros(out_mask.shape, dtype=torch.float32, device=dev).masked_scatter(out_mask.bool(), logp_flat)
-    return logp * out_mask, out_mask
+    return completion_logprobs(SharedPrefixLM(model, prompts, completions, pad_id, *plan), prompts, completions,
+                               pad_id, temperature)
+
+
+class SharedPrefixLM(torch.nn.Module):
+    """`model` seen through a prefix plan, for `completion_logits`: its `base_model` gives the hidden
+    states (B, T, H) of the right-padded prompts + completions that the plain path forwards, computed
+    with each shared prefix forwarded once. The D prefixes (left-padded) fill a KV cache that is copied
+    to the B rows (`reorder_cache`, an index_select: gradients flow back to the shared prefix through
+    it); then each row's own part, rest = prompt after its prefix + completion (right-padded), is
+    forwarded on that cache with position ids that continue its prefix, and lands at positions
+    len(prefix) .. of its row. The prefix positions stay zero: no completion token is scored from
+    them (a prefix ends at least one token before its prompt does)."""
+
+    def __init__(self, model, prompts, completions, pad_id: int, prefixes: list[list[int]], owner: list[int]):
+        super().__init__()
+        self.lm = model  # a submodule: parameters() and the device are the model's
+        self.config = model.config
+        self.plan = (prompts, completions, pad_id, prefixes, owner)
+
+    def get_output_embeddings(self):
+        return self.lm.get_output_embeddings()
+
+    def base_model(self, input_ids: torch.Tensor, attention_mask=None, **_):
+        prompts, completions, pad_id, prefixes, owner = self.plan
+        dev, base = input_ids.device, self.lm.base_model
+        ids, mask = left_pad(prefixes, pad_id)  # (D, Tp)
+        ids, mask = ids.to(dev), mask.to(dev)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (D, Tp)
+        cache = cache_of(base(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True))
+        rows = torch.tensor(owner, device=dev)  # (B,)
+        cache.reorder_cache(rows)  # (B, heads, Tp, d) per layer
+        rests = [p[len(prefixes[o]):] + c for p, c, o in zip(prompts, completions, owner)]
+        Tr = max(len(r) for r in rests)
+        rest_ids = torch.full((len(rests), Tr), pad_id, dtype=torch.long)
+        rest_mask = torch.zeros((len(rests), Tr), dtype=torch.long)
+        for i, r in enumerate(rests):
+            rest_ids[i, :len(r)] = torch.tensor(r)
+            rest_mask[i, :len(r)] = 1
+        rest_ids, rest_mask = rest_ids.to(dev), rest_mask.to(dev)
+        start = torch.tensor([len(prefixes[o]) for o in owner], device=dev)  # (B,): each row's prefix length
+        positions = start[:, None] + torch.arange(Tr, device=dev)[None, :]  # (B, Tr)
+        hidden = base(input_ids=rest_ids, attention_mask=torch.cat([mask[rows], rest_mask], dim=1),
+                      position_ids=positions, use_cache=True, **{cache_keyword(base): cache}).last_hidden_state  # (B, Tr, H)
+        real = rest_mask.bool()  # (B, Tr)
+        row_of = torch.arange(len(rests), device=dev)[:, None].expand(-1, Tr)  # (B, Tr)
+        full = hidden.new_zeros(input_ids.shape[0], input_ids.shape[1], hidden.shape[-1])  # (B, T, H)
+        full = full.index_put((row_of[real], positions[real]), hidden[real])
+        return SimpleNamespace(last_hidden_state=full)

@@ -36,8 +36,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 import make_assignment  # noqa: E402
+from cli import InputError, output_folder  # noqa: E402
 
 ASSIGNMENTS = (1, 2, 3, 4)
 
@@ -162,8 +163,10 @@ def grade(returned: Path, assignments=ASSIGNMENTS, out: Path | None = None) -> d
     if not returned.is_dir():
         raise SystemExit(f"error: {returned}: no such folder")
     out = Path(out) if out else returned.with_name(returned.name + "-grade")
-    if out.exists() and not (out / "report.json").is_file():
-        raise SystemExit(f"error: {out}: exists and is not a grade report folder; give --out a new folder")
+    try:  # the one rule of every command that writes: new, empty, or an earlier report (replaced)
+        output_folder(out, "--out", lambda p: (p / "report.json").is_file(), "a grade report folder")
+    except InputError as e:
+        raise SystemExit(f"error: {e}") from None
     with tempfile.TemporaryDirectory() as tmp:
         tree = Path(tmp) / "tree"
         report = {"returned": str(returned), "code": build_tree(returned, tree), "assignments": {}}

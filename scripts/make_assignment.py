@@ -32,6 +32,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the repository's modules
+from cli import InputError, output_folder  # noqa: E402
 BEGIN = re.compile(r"^(\s*)### BEGIN SOLUTION(?: \((.*)\))?\s*$")
 END = re.compile(r"^\s*### END SOLUTION\s*$")
 # instructor-only: the hidden tests and their case generator, this tooling and its test, the instructor's
@@ -83,8 +85,10 @@ def tracked_files() -> list[str]:
 
 def make(out: Path, keep: bool = False) -> dict[str, int]:
     """Write the copy into `out` (which must not exist or be empty). Returns {file: blocks replaced}."""
-    if out.exists() and any(out.iterdir()):
-        raise SystemExit(f"{out}: exists and is not empty")
+    try:  # the one rule of every command that writes: a new or empty folder (nothing replaced)
+        output_folder(out, "OUT", lambda p: False, "empty")
+    except InputError as e:
+        raise SystemExit(f"error: {e}") from None
     replaced = {}
     for name in tracked_files():
         src, dst = ROOT / name, out / name

@@ -9,6 +9,7 @@ import experiments
 from agents import Budgets, MaxNew
 
 
+@pytest.mark.uses_solutions
 def test_prior_memory_comes_before_the_new_memory_in_the_retrieval_prompt(scripted, toy_policy, toy_train, monkeypatch):
     seen = []
     real = agents.retrieval_prompt
@@ -19,9 +20,11 @@ def test_prior_memory_comes_before_the_new_memory_in_the_retrieval_prompt(script
     assert all(lines and statements for lines, statements in prior)  # something to put in front
     groups = experiments.rollout_with_prior_memory({r: toy_policy for r in agents.ROLES}, exs, 2, Budgets(),
                                                    MaxNew(), 1.0, None, 2)
-    for k, t in enumerate(t for g in groups for t in g):
+    trajs = [t for g in groups for t in g]
+    assert seen[:len(trajs)] == [(t.memory_lines, t.profile) for t in trajs]  # comam.rollout's own step first
+    for k, t in enumerate(trajs):  # then the step that counts, with the prior memory in front
         lines, statements = prior[k // 2]
-        assert seen[k] == (lines + t.memory_lines, statements + t.profile)
+        assert seen[len(trajs) + k] == (lines + t.memory_lines, statements + t.profile)
 
 
 def test_planted_misleading_rewards_replace_one_agent_and_log_its_own():

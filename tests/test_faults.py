@@ -343,3 +343,20 @@ def test_options_that_differ_only_in_case_are_refused(toy_data, tmp_path):
     from cli import InputError
     with pytest.raises(InputError, match=rf"{path}:1: field 'options' must hold 4 distinct strings \(ignoring case"):
         read_split(folder, "val")
+
+
+def test_make_assignment_grade_and_generate_refuse_a_folder_of_the_users(tmp_path, capsys):
+    import grade
+    import make_assignment
+    from data import generate
+    mine = _users_folder(tmp_path)
+    before = snapshot(mine)
+    with pytest.raises(SystemExit, match=f"error: OUT {mine}: exists and is not empty"):
+        make_assignment.make(mine)
+    returned = tmp_path / "returned"
+    returned.mkdir()
+    with pytest.raises(SystemExit, match=f"error: --out {mine}: exists and is not a grade report folder"):
+        grade.grade(returned, (1,), out=mine)
+    fails(capsys, lambda: generate.main(["--out", str(mine), "--overwrite", "--train-users", "2"]),
+          f"--out {mine}: exists and is not a benchmark folder")
+    assert snapshot(mine) == before
