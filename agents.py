@@ -7,9 +7,9 @@
 
 Agents act on numbered lines (docs/method.md, decision 1): line numbers in a prompt are local (1..k, in the
 order shown) and the environment maps them back to the history's global line ids, so that Eq. 9 and
-Eq. 11 are exact set operations. The final answer (decision 2) is the chosen option's letter "(b)" for a
-chat model, and the option's *text* for the tiny model (a bare letter is a hop the tiny model does not
-learn; it also may write a letter).
+Eq. 11 are exact set operations. The final answer (decision 2) is the chosen option led by its letter,
+"(b) rex", for a chat model (the letter decides), and the option's *text* for the tiny model (a bare
+letter is a hop the tiny model does not learn; it also may write a letter).
 
 Each agent has a fixed context budget in tokens (`Budgets`). Content that does not fit is truncated by
 one rule: extraction and profile inputs keep their first lines (a session's tail is lost); the
@@ -139,7 +139,7 @@ Lines:
 [1] user : i have a dog named rex .
 [2] user : when it comes to food , i used to love sushi but now i prefer tacos .
 Reply: pet dog rex ; food likes tacos ; food used to like sushi""",
-    "retrieval": """You are the answer agent of a memory system. Below are numbered memory lines about a user, the user's profile, a question from the user and four options (a) to (d). Write the numbers of the memory lines that support the answer inside <information> </information>, then the letter of the option you choose, in brackets, inside <final_answer> </final_answer>. Reply with these two parts and nothing else.
+    "retrieval": """You are the answer agent of a memory system. Below are numbered memory lines about a user, the user's profile, a question from the user and four options (a) to (d). Write the numbers of the memory lines that support the answer inside <information> </information>, then the option you choose, its letter in brackets first, inside <final_answer> </final_answer>. Reply with these two parts and nothing else.
 
 Example:
 Memory:
@@ -152,7 +152,7 @@ Options:
 (b) rex
 (c) luna
 (d) coco
-Reply: <information> 2 </information> <final_answer> (b) </final_answer>""",
+Reply: <information> 2 </information> <final_answer> (b) rex </final_answer>""",
 }
 
 
@@ -259,37 +259,43 @@ def parse_profile(text: str) -> tuple[list[str], bool]:
 
 
 def answers_by_letter(policy: Policy) -> bool:
-    """The final-answer format (docs/method.md, decision 2): a chat model writes the chosen option's
-    letter "(b)"; the tiny model writes the option's text (it does not learn the hop from a value to
-    its letter). PersonaMem's options are whole sentences, which a small chat model paraphrases or
-    truncates when it must copy them: letters transfer."""
+    """The final-answer format (docs/method.md, decision 2): a chat model writes the chosen option as
+    its options line, letter first, "(b) rex", and the letter decides; the tiny model writes the
+    option's text (it does not learn the hop from a value to its letter). PersonaMem's options are
+    whole sentences, which a small chat model paraphrases or truncates when it must copy them: the
+    letter, written first, survives both."""
     return policy.chat
 
 
 def answer_text(policy: Policy, options: list[str], index: int) -> str:
-    """What the retrieval agent writes inside <final_answer> to choose options[index] (demonstrations).
+    """What the retrieval agent writes inside <final_answer> to choose options[index] (demonstrations):
+    the options line "(b) rex" for a chat model, the text "rex" for the tiny model.
 
     >>> from models import Policy
     >>> answer_text(Policy(None, tokenizer=None), ["milo", "rex"], 1)
     'rex'
     """
-    return f"({LETTERS[index]})" if answers_by_letter(policy) else options[index]
+    return f"({LETTERS[index]}) {options[index]}" if answers_by_letter(policy) else options[index]
 
 
 def parse_answer(text: str, shown: list[Line], options: list[str],
                  by_letter: bool = False) -> tuple[list[int], str | None, bool]:
     """(retrieved global ids E'_q, chosen letter or None, ok) from the retrieval agent's output.
 
-    The answer inside <final_answer> is a letter "(c)" / "c", or starts with "(c)"; unless `by_letter`
-    (a chat model, `answers_by_letter`), an option's text also chooses it (compared after
-    `rewards.normalise`). ok needs both tags and an answer; without the tags (e.g. a numbered list
-    "1. espresso 2. coffee") nothing is retrieved or chosen.
+    The answer inside <final_answer> is a letter "(c)" / "c", or starts with "(c)" (what follows the
+    letter is not read); unless `by_letter` (a chat model, `answers_by_letter`), an option's text also
+    chooses it (compared after `rewards.normalise`). ok needs the <information> block and an answer;
+    without the tags (e.g. a numbered list "1. espresso 2. coffee") nothing is retrieved or chosen.
+    With `by_letter` an answer cut by the generation limit still counts when its letter was written:
+    "<final_answer> (c) it's great that you came across" has no closing tag, and chooses c.
     Worked example, options [milo, rex, luna, coco]: "<information> 2 </information> <final_answer> (b)
-    </final_answer>" -> b either way; "... <final_answer> rex </final_answer>" -> b, or with by_letter
-    None and ok False.
+    rex </final_answer>" -> b either way; "... <final_answer> rex </final_answer>" -> b, or with
+    by_letter None and ok False.
     """
     info = re.search(r"<information>(.*?)</information>", text, re.S)
     ans = re.search(r"<final_answer>(.*?)</final_answer>", text, re.S)
+    if ans is None and by_letter:  # cut by the generation limit after the letter
+        ans = re.search(r"<final_answer>(.*)$", text, re.S)
     ids = _ids_of(info.group(1), shown) if info else []
     letter = None
     if ans:

@@ -84,7 +84,7 @@ class Args:
     """plant a misleading local reward (not in the paper): none | extraction (r_0 = share of kept lines that are assistant turns) | profile (r_1 = statement count / 8)"""
     context_sessions: int = 0
     """in training, the retrieval agent's memory also holds the informative lines and statements of the N sessions before the evidence session (0 = the paper's setting)"""
-    steps: int = 80
+    steps: int = 60
     """training iterations"""
     queries: int = 8
     """queries per iteration (Q)"""

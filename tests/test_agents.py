@@ -250,3 +250,17 @@ def test_shared_prompt_sampling_equals_the_plain_sampler(case, toy_policy):
         assert runs[0][0] == runs[1][0]
         for x, y in zip(runs[0][1], runs[1][1]):
             assert x == pytest.approx(y, abs=1e-5)
+
+
+def test_a_chat_models_answer_is_its_letter_written_first():
+    """by_letter (chat models): the options line "(b) rex" chooses b, and so does an answer cut by the
+    generation limit after its letter; an option's text alone is a format failure; the tiny model's
+    text answers keep working."""
+    shown = [Line(k, 0, "user", f"line {k}") for k in range(4)]
+    opts = ["milo", "rex", "luna", "coco"]
+    info = "<information> 2 </information> "
+    assert agents.parse_answer(info + "<final_answer> (b) rex </final_answer>", shown, opts, by_letter=True) == ([1], "b", True)
+    assert agents.parse_answer(info + "<final_answer> (c) it's great that you came", shown, opts, by_letter=True)[1:] == ("c", True)
+    assert agents.parse_answer(info + "<final_answer> rex </final_answer>", shown, opts, by_letter=True)[1:] == (None, False)
+    assert agents.parse_answer(info + "<final_answer> (c) it's great that", shown, opts)[1:] == (None, False)  # tiny: tags
+    assert agents.parse_answer(info + "<final_answer> rex </final_answer>", shown, opts)[1:] == ("b", True)
