@@ -159,3 +159,16 @@ def test_grading_takes_only_the_graded_functions_and_helpers(tmp_path):
     assert note["imports"] == ["import statistics", "import builtins"] and "TAMPERED" not in text
     scores = _scores(grade.grade(solved, (2,), out=tmp_path / "report"))
     assert scores[2][0] == scores[2][1], scores
+
+
+def test_make_assignment_and_grade_refuse_a_folder_of_the_users(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("three years of work")
+    with pytest.raises(SystemExit, match=f"error: OUT {mine}: exists and is not empty"):
+        make_assignment.make(mine)
+    returned = tmp_path / "returned"
+    returned.mkdir()
+    with pytest.raises(SystemExit, match=f"error: --out {mine}: exists and is not a grade report folder"):
+        grade.grade(returned, (1,), out=mine)
+    assert [p.name for p in mine.iterdir()] == ["thesis.txt"] and (mine / "thesis.txt").read_text() == "three years of work"

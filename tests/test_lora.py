@@ -222,6 +222,7 @@ def test_the_memory_arithmetic_counts_what_the_formulas_say(monkeypatch):
     assert row["lora_cpu_gb"] * memory.GB == 4 * row["params"] + 3 * 16 * row["adapter_params_per_agent"]
 
 
+@pytest.mark.uses_solutions  # the toy warm start fixture trains with completion_logprobs (assignment 3)
 def test_identical_per_role_models_share_one_base_and_different_ones_do_not(toy_warmstart, tmp_path):
     """A warm start holds three identical copies: with adapters they become one frozen base. A folder
     whose roles differ keeps one base per role."""
