@@ -1,7 +1,7 @@
 """Fold LoRA adapters into their base model: one plain transformers model folder per agent.
 
-    python scripts/merge_lora.py runs/smol-s1/ckpt runs/smol-s1/merged
-    python scripts/merge_lora.py checkpoints/smollm2-lora-warmstart /tmp/plain
+    python scripts/merge_lora.py --src runs/smol-s1/ckpt --out runs/smol-s1/merged
+    python scripts/merge_lora.py --src checkpoints/smollm2-lora-warmstart --out /tmp/plain
 
 SRC is anything `eval.py --policies` takes (a run's ckpt, a warm start, a model folder); OUT/<role>
 gets model.safetensors + config + tokenizer, W + (alpha / r) B A in place of each adapted W

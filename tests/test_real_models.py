@@ -256,3 +256,18 @@ def test_our_adapters_load_in_peft(tmp_path):
     with torch.no_grad():
         ours, want = pol.model(ids).logits, theirs(input_ids=ids).logits
     assert torch.allclose(ours, want, atol=1e-4), (ours - want).abs().max()
+
+
+@pytest.mark.slow
+def test_the_shipped_smollm2_warm_start_evaluates_with_no_training(toy_data, tmp_path):
+    """checkpoints/smollm2-lora-warmstart: three rank-16 adapter sets (profile and retrieval link to the
+    extraction folder: the warm start's agents are identical) that eval.py takes as they are; its
+    retrieval agent writes the letter-first answer format."""
+    smollm2_or_skip()
+    import lora
+    shipped = ROOT / "checkpoints" / "smollm2-lora-warmstart"
+    pols = models.load_policies({r: str(shipped) for r in agents.ROLES}, "cpu")
+    assert all(p.chat and lora.config_of(p.model).rank == 16 for p in pols.values())
+    res = evaluation.main(evaluation.Args(data=str(toy_data), policies=str(shipped), users=1, temperature=0.0,
+                                          out=str(tmp_path / "eval.json")))
+    assert res["n"] > 0 and res["format_failure"]["retrieval"] < 0.5, res["format_failure"]
