@@ -287,7 +287,10 @@ def test_a_deeply_nested_jsonl_line_is_one_line(toy_data, tmp_path):
 @pytest.mark.uses_solutions
 def test_ctrl_c_is_one_line_that_says_where_the_checkpoint_is(toy_data, tmp_path):
     argv = [sys.executable, str(ROOT / "train.py")] + _args(toy_data, tmp_path / "runs", steps=200, save_every=1)
-    proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # SIGINT back to its default in the child: a shell running the tests in the background ignores it,
+    # and Python keeps an inherited "ignore" (then Ctrl-C would do nothing and the test would hang)
+    proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     state = tmp_path / "runs" / "comam-s5" / "ckpt" / "state.json"
     deadline = time.time() + 120
     while not state.exists() and proc.poll() is None and time.time() < deadline:
