@@ -59,9 +59,9 @@ class Trajectory:
 
 # ======================================================================== one step per agent
 
-def _generate(policy: Policy, prompts, max_new, temperature, generator):
+def _generate(policy: Policy, prompts, max_new, temperature, generator, progress=None):
     """(prompt, sampled completion ids, decoded text) per prompt."""
-    comps, _ = models.sample(policy, prompts, max_new, temperature, generator=generator)
+    comps, _ = models.sample(policy, prompts, max_new, temperature, generator=generator, progress=progress)
     return [(p, c, models.decode(policy, c)) for p, c in zip(prompts, comps)]
 
 
@@ -97,12 +97,14 @@ def run_profile(policy: Policy, memories: list[list[Line]], budgets: Budgets, ma
 
 
 def run_retrieval(policy: Policy, items: list[tuple[list[Line], list[str], Example]], budgets: Budgets,
-                  max_new: int, temperature: float, generator=None) -> list[tuple[Action, list[int], str | None]]:
-    """Agent 2: for each (M_f, M_c, question), the retrieved line ids E'_q and the chosen letter."""
+                  max_new: int, temperature: float, generator=None,
+                  progress=None) -> list[tuple[Action, list[int], str | None]]:
+    """Agent 2: for each (M_f, M_c, question), the retrieved line ids E'_q and the chosen letter.
+    `progress(n)` is called as each batch of n questions is answered."""
     built = [agents.retrieval_prompt(policy, m, prof, ex.question, ex.options, budgets) for m, prof, ex in items]
     out = []
     for (p, c, text), (_, shown), (_, _, ex) in zip(
-            _generate(policy, [b[0] for b in built], max_new, temperature, generator), built, items):
+            _generate(policy, [b[0] for b in built], max_new, temperature, generator, progress), built, items):
         ids, letter, ok = agents.parse_answer(text, shown, ex.options, by_letter=agents.answers_by_letter(policy))
         out.append((Action(p, c, text, ok), ids, letter))
     return out
@@ -185,12 +187,13 @@ def build_memory(policies: dict[str, Policy], histories: dict[str, list[list[Lin
 
 @torch.no_grad()
 def answer(policies: dict[str, Policy], examples: list[Example], memories: list[Memory], budgets: Budgets,
-           max_new: MaxNew, temperature: float, generator=None) -> list[Trajectory]:
-    """The retrieval agent answers each query from its memory (`memories[i]` for `examples[i]`)."""
+           max_new: MaxNew, temperature: float, generator=None, progress=None) -> list[Trajectory]:
+    """The retrieval agent answers each query from its memory (`memories[i]` for `examples[i]`);
+    `progress(n)` is called as each batch of n queries is answered."""
     items = [(m.memory_lines, m.profile, ex) for ex, m in zip(examples, memories)]
     trajs = []
     for ex, m, (act, ids, letter) in zip(examples, memories, run_retrieval(
-            policies["retrieval"], items, budgets, max_new.retrieval, temperature, generator)):
+            policies["retrieval"], items, budgets, max_new.retrieval, temperature, generator, progress)):
         t = Trajectory(ex, m.memory_lines, m.profile, ids, letter, {"retrieval": act})
         t.score()
         trajs.append(t)

@@ -240,7 +240,9 @@ def answer_all(policies: dict[str, Policy], examples: list[Example], budgets: Bu
         memories = rag_memories(examples, embedder or Embedder())
     else:
         raise ValueError(f"unknown system {system!r}: comam | base | rag")
-    trajs = comam.answer(policies, examples, memories, budgets, max_new, temperature, gen)
+    bar = tqdm(total=len(examples), desc=f"{desc} answers", dynamic_ncols=True, leave=False)
+    trajs = comam.answer(policies, examples, memories, budgets, max_new, temperature, gen, progress=bar.update)
+    bar.close()
     return trajs, memories, time.time() - t0
 
 

@@ -356,7 +356,7 @@ def rows_per_batch(model, longest: int, batch_size: int) -> int:
 
 @torch.no_grad()
 def sample(policy: Policy, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
-           batch_size: int = 256, generator: torch.Generator | None = None):
+           batch_size: int = 256, generator: torch.Generator | None = None, progress=None):
     """Sample one completion per prompt; returns (completion ids, their log-probs), both lists of lists.
 
     Batched: one forward per new token over `batch_size` prompts (fewer for long prompts of a large
@@ -366,7 +366,9 @@ def sample(policy: Policy, prompts: list[list[int]], max_new_tokens: int, temper
     was sampled (kept: it is part of the action), else stops at `max_new_tokens`. Log-probs are
     float32 log-softmax(logits / temperature) at the sampled token (greedy: temperature 1); the update
     does not use them (with one epoch pi_old is the current policy, docs/method.md decision 10), the
-    tests check the sampler with them. Shapes: B prompts of the batch, V vocabulary, t tokens so far.
+    tests check the sampler with them. `progress`, when given, is called with the number of prompts of
+    each finished batch (a progress bar's update). Shapes: B prompts of the batch, V vocabulary, t tokens
+    so far.
     """
     ### BEGIN SOLUTION (assignment 4, extra)
     model, dev = policy.model, next(policy.model.parameters()).device
@@ -410,6 +412,8 @@ def sample(policy: Policy, prompts: list[list[int]], max_new_tokens: int, temper
             n = t.index(policy.eos_id) + 1 if policy.eos_id in t else len(t)  # keep EOS
             out_ids.append(t[:n])
             out_lp.append(l[:n])
+        if progress:
+            progress(B)
     model.train(was_training)
     return out_ids, out_lp
     ### END SOLUTION

@@ -73,7 +73,7 @@ def scripted(monkeypatch, toy_policy):
     calls, seen = [], []
     counter = {"n": 0}
 
-    def sample(policy, prompts, max_new_tokens, temperature=1.0, batch_size=256, generator=None):
+    def sample(policy, prompts, max_new_tokens, temperature=1.0, batch_size=256, generator=None, progress=None):
         text = policy.tokenizer.decode(prompts[0])
         role = "extraction" if text.startswith("extract") else "profile" if text.startswith("profile") else "retrieval"
         calls.append((role, len(prompts), max_new_tokens))

@@ -85,6 +85,20 @@ def test_sampling_log_probs_match_training_forward_with_left_padding(toy_policy,
             assert toy_policy.eos_id not in comp[:-1]  # EOS, when sampled, closes the completion and is kept
 
 
+@pytest.mark.uses_solutions
+def test_sampling_reports_progress_per_batch_and_the_report_changes_nothing(toy_policy):
+    """`progress` hears the size of every finished batch (eval.py's answer bar); the completions are the
+    ones sampled without it, draw for draw."""
+    prompts = [[5, 6, 7], [8, 9], [10, 11, 12, 13], [14], [15, 16]]
+    heard = []
+    with_bar = models.sample(toy_policy, prompts, 4, temperature=1.0, batch_size=2,
+                             generator=torch.Generator().manual_seed(3), progress=heard.append)
+    without = models.sample(toy_policy, prompts, 4, temperature=1.0, batch_size=2,
+                            generator=torch.Generator().manual_seed(3))
+    assert heard == [2, 2, 1]
+    assert with_bar == without
+
+
 @pytest.mark.assignment4
 def test_greedy_sampling_takes_the_argmax_and_stops_at_the_limit(toy_policy):
     prompts = [[5, 6, 7], [8, 9]]

@@ -32,7 +32,7 @@ def test_accuracy_matches_hand_count_with_scripted_answers(toy_data, toy_policy,
         else:
             plan.append((f"<information> 1 </information> <final_answer> {ex.gold_text} </final_answer>", 1.0, True))
 
-    def scripted(policy, prompts, max_new_tokens, temperature=1.0, batch_size=256, generator=None):
+    def scripted(policy, prompts, max_new_tokens, temperature=1.0, batch_size=256, generator=None, progress=None):
         assert len(prompts) == len(plan)
         ids = [policy.tokenizer(text, add_special_tokens=False).input_ids + [policy.eos_id] for text, _, _ in plan]
         return ids, [[-1.0] * len(x) for x in ids]
