@@ -17,7 +17,9 @@ Systems (the same retrieval-and-answer agent answers in all of them, as in the p
          (mean pooling), the TOP_K chunks most similar to the question given to the answer agent
 Reported: accuracy overall, per question type and per history setting; local metrics where evidence
 exists (extraction recall / IoU of the memory against E_q, retrieval recall / IoU, the profile rubric
-score per session); memory size in tokens; format-failure rate per agent; seconds per query.
+score per session); memory size in tokens; format-failure rate per agent; the share of each letter
+among the answers, beside the gold letters' shares (an answer agent stuck on one letter shows here);
+seconds per query.
 One JSON result file per evaluation.
 """
 from __future__ import annotations
@@ -96,7 +98,8 @@ def _mean(xs):
 
 
 def metrics(trajs: list[comam.Trajectory], memories: list[comam.Memory], policy: Policy, seconds: float) -> dict:
-    """Accuracy (overall / per type / per setting), local metrics, memory size, format failures.
+    """Accuracy (overall / per type / per setting), local metrics, memory size, format failures, the
+    letters chosen.
 
     `memories[i]` is the memory question i was answered from (shared by a user's questions in comam).
     """
@@ -113,6 +116,10 @@ def metrics(trajs: list[comam.Trajectory], memories: list[comam.Memory], policy:
     mem_tokens = [len(policy.tokenizer(" ".join([l.text for l in m.memory_lines] + m.profile),
                                        add_special_tokens=False).input_ids) for m, _ in distinct]
     calls = sum(m.calls for m, _ in distinct)
+    # Which letter the answer agent chose, beside the gold letters' shares: a policy that answers one
+    # letter whatever the memory holds scores that letter's gold share (a real model's failure mode).
+    share = lambda letters: {k: sum(x == k for x in letters) / max(1, len(trajs)) for k in "abcd"}
+    chosen = share([t.answer for t in trajs]) | {"unparsed": sum(t.answer is None for t in trajs) / max(1, len(trajs))}
     fails = lambda role: sum(m.failures[role] for m, _ in distinct) / calls if calls else None
     return {
         "accuracy": float(np.mean([t.global_reward for t in trajs])), "n": len(trajs),
@@ -127,6 +134,7 @@ def metrics(trajs: list[comam.Trajectory], memories: list[comam.Memory], policy:
         "memory_tokens": float(np.mean(mem_tokens)),
         "format_failure": {"extraction": fails("extraction"), "profile": fails("profile"),
                            "retrieval": float(np.mean([not t.actions["retrieval"].ok for t in trajs]))},
+        "answer_letters": chosen, "gold_letters": share([t.example.gold for t in trajs]),
         "seconds_per_query": seconds / max(1, len(trajs)),
         "per_question": {t.example.qid: t.global_reward for t in trajs},  # for paired comparisons
         "failure_examples": [{"qid": t.example.qid, "output": t.actions["retrieval"].text,
@@ -529,6 +537,8 @@ def main(args: Args) -> dict:
         print(f"  setting {k:47s} {v:.3f}")
     print("  local: " + "  ".join(f"{k}={'n/a' if v is None else f'{v:.3f}'}" for k, v in res["local"].items()))
     print(f"  memory tokens {res['memory_tokens']:.0f}; format failures {res['format_failure']}")
+    print("  answers " + " ".join(f"({k}) {v:.2f}" if len(k) == 1 else f"{k} {v:.2f}" for k, v in res["answer_letters"].items())
+          + "; gold " + " ".join(f"({k}) {v:.2f}" for k, v in res["gold_letters"].items()))
     print(f"wrote {out}")
     return res
 

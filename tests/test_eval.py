@@ -22,15 +22,19 @@ def test_accuracy_matches_hand_count_with_scripted_answers(toy_data, toy_policy,
     format-failure rate must be what that script implies, counted by hand below."""
     examples = read_split(toy_data, "val")
     examples = [ex for ex in examples if ex.user == examples[0].user]
-    plan = []
+    plan, letters = [], []
     for i, ex in enumerate(examples):
         if i % 3 == 0:
+            wrong = next(k for k, o in enumerate(ex.options) if o != ex.gold_text)
             plan.append((f"<information> 1 </information> <final_answer> "
-                         f"{next(o for o in ex.options if o != ex.gold_text)} </final_answer>", 0.0, True))
+                         f"{ex.options[wrong]} </final_answer>", 0.0, True))
+            letters.append("abcd"[wrong])
         elif i % 5 == 4:
             plan.append(("<information> 1 </information> i do not know", 0.0, False))
+            letters.append(None)
         else:
             plan.append((f"<information> 1 </information> <final_answer> {ex.gold_text} </final_answer>", 1.0, True))
+            letters.append(ex.gold)
 
     def scripted(policy, prompts, max_new_tokens, temperature=1.0, batch_size=256, generator=None, progress=None):
         assert len(prompts) == len(plan)
@@ -46,6 +50,11 @@ def test_accuracy_matches_hand_count_with_scripted_answers(toy_data, toy_policy,
         assert res["per_type"][qtype] == pytest.approx(sum(hand) / len(hand))
     assert res["format_failure"]["retrieval"] == pytest.approx(sum(not ok for *_, ok in plan) / len(plan))
     assert res["local"]["extraction_recall"] == 1.0  # Base keeps the whole history
+    for k in "abcd":  # the letters the script chose, counted by hand; None = unparsed
+        assert res["answer_letters"][k] == pytest.approx(letters.count(k) / len(letters))
+        assert res["gold_letters"][k] == pytest.approx(sum(ex.gold == k for ex in examples) / len(examples))
+    assert letters.count(None) > 0
+    assert res["answer_letters"]["unparsed"] == pytest.approx(letters.count(None) / len(letters))
 
 
 def _run(folder, final, no_train, settings):
