@@ -139,7 +139,7 @@ Lines:
 [1] user : i have a dog named rex .
 [2] user : when it comes to food , i used to love sushi but now i prefer tacos .
 Reply: pet dog rex ; food likes tacos ; food used to like sushi""",
-    "retrieval": """You are the answer agent of a memory system. Below are numbered memory lines about a user, the user's profile, a question from the user and four options (a) to (d). Write the numbers of the memory lines that support the answer inside <information> </information>, then the option you choose, its letter in brackets first, inside <final_answer> </final_answer>. Reply with these two parts and nothing else.
+    "retrieval": """You are the answer agent of a memory system. Below are numbered memory lines about a user, the user's profile, a question from the user and four options (a) to (d). Write the numbers of the memory lines that support the answer inside <information> </information>, then the option you choose inside <final_answer> </final_answer>: its first words (at most six), then its letter in brackets. Reply with these two parts and nothing else.
 
 Example:
 Memory:
@@ -152,7 +152,7 @@ Options:
 (b) rex
 (c) luna
 (d) coco
-Reply: <information> 2 </information> <final_answer> (b) rex </final_answer>""",
+Reply: <information> 2 </information> <final_answer> rex (b) </final_answer>""",
 }
 
 
@@ -258,39 +258,50 @@ def parse_profile(text: str) -> tuple[list[str], bool]:
     return statements, bool(statements)
 
 
+ANSWER_WORDS = 6  # a chat model's answer repeats at most this many words of the option before its letter
+
+
 def answers_by_letter(policy: Policy) -> bool:
-    """The final-answer format (docs/method.md, decision 2): a chat model writes the chosen option as
-    its options line, letter first, "(b) rex", and the letter decides; the tiny model writes the
-    option's text (it does not learn the hop from a value to its letter). PersonaMem's options are
-    whole sentences, which a small chat model paraphrases or truncates when it must copy them: the
-    letter, written first, survives both."""
+    """The final-answer format (docs/method.md, decision 2): a chat model writes the chosen option's
+    first words, then its letter, "rex (b)", and the letter decides; the tiny model writes the
+    option's text (it does not learn the hop from a value to its letter). Value first, because the
+    value is what the memory holds: a model that must write the letter first decides before it has
+    looked (SmolLM2 answered "(a) <option a>" to almost every question). The letter last, because
+    PersonaMem's options are whole sentences that a small model paraphrases or truncates when it
+    must copy them, so only their first words are repeated."""
     return policy.chat
 
 
 def answer_text(policy: Policy, options: list[str], index: int) -> str:
     """What the retrieval agent writes inside <final_answer> to choose options[index] (demonstrations):
-    the options line "(b) rex" for a chat model, the text "rex" for the tiny model.
+    for a chat model the option's first ANSWER_WORDS words and its letter, "rex (b)"; for the tiny
+    model the text "rex".
 
     >>> from models import Policy
     >>> answer_text(Policy(None, tokenizer=None), ["milo", "rex"], 1)
     'rex'
     """
-    return f"({LETTERS[index]}) {options[index]}" if answers_by_letter(policy) else options[index]
+    if answers_by_letter(policy):
+        return f"{' '.join(options[index].split()[:ANSWER_WORDS])} ({LETTERS[index]})"
+    return options[index]
 
 
 def parse_answer(text: str, shown: list[Line], options: list[str],
                  by_letter: bool = False) -> tuple[list[int], str | None, bool]:
     """(retrieved global ids E'_q, chosen letter or None, ok) from the retrieval agent's output.
 
-    The answer inside <final_answer> is a letter "(c)" / "c", or starts with "(c)" (what follows the
-    letter is not read); unless `by_letter` (a chat model, `answers_by_letter`), an option's text also
-    chooses it (compared after `rewards.normalise`). ok needs the <information> block and an answer;
-    without the tags (e.g. a numbered list "1. espresso 2. coffee") nothing is retrieved or chosen.
-    With `by_letter` an answer cut by the generation limit still counts when its letter was written:
-    "<final_answer> (c) it's great that you came across" has no closing tag, and chooses c.
-    Worked example, options [milo, rex, luna, coco]: "<information> 2 </information> <final_answer> (b)
-    rex </final_answer>" -> b either way; "... <final_answer> rex </final_answer>" -> b, or with
-    by_letter None and ok False.
+    The answer inside <final_answer>, with `by_letter` (a chat model, `answers_by_letter`): the words
+    before its last bracketed letter, when they are one option's first ANSWER_WORDS words (all of a
+    short option; compared after `rewards.normalise`), choose that option: the model named it; if they
+    name no option or several (a paraphrased PersonaMem sentence), the letter decides; a bare letter
+    "b" counts too. An answer cut by the generation limit after its letter still counts ("rex (b)
+    </fin"). Without `by_letter` (tiny): an option's whole text chooses it, or a letter "(c)" / "c",
+    or an answer that starts with "(c)". ok needs the <information> block and an answer; without the
+    tags (e.g. a numbered list "1. espresso 2. coffee") nothing is retrieved or chosen.
+    Worked example, options [milo, rex, luna, coco], after "<information> 2 </information>":
+    "<final_answer> rex (b) </final_answer>" -> b either way; "<final_answer> rex (c) </final_answer>"
+    -> b (the named value wins over a mismatched letter); "<final_answer> my pet (c) </final_answer>"
+    -> c; "<final_answer> rex </final_answer>" -> b either way.
     """
     info = re.search(r"<information>(.*?)</information>", text, re.S)
     ans = re.search(r"<final_answer>(.*?)</final_answer>", text, re.S)
@@ -300,13 +311,18 @@ def parse_answer(text: str, shown: list[Line], options: list[str],
     letter = None
     if ans:
         raw = ans.group(1).strip()
-        norm = normalise(raw)
-        by_text = [] if by_letter else [i for i, o in enumerate(options) if normalise(o) == norm and norm]
-        m = re.match(r"^\(?\s*([a-dA-D])\s*\)", raw) or re.fullmatch(r"\(?\s*([a-dA-D])\s*\)?", raw)
-        if by_text:
-            letter = LETTERS[by_text[0]]
-        elif m:
-            letter = m.group(1).lower()
+        bare = re.fullmatch(r"\(?\s*([a-dA-D])\s*\)?", raw)
+        if by_letter:
+            bracketed = list(re.finditer(r"\(\s*([a-dA-D])\s*\)", raw))
+            value = normalise(raw[:bracketed[-1].start()] if bracketed else raw)  # the words before the letter
+            named = [i for i, o in enumerate(options) if value and normalise(" ".join(o.split()[:ANSWER_WORDS])) == value]
+            letter = (LETTERS[named[0]] if len(named) == 1 else bracketed[-1].group(1).lower() if bracketed
+                      else bare.group(1).lower() if bare else None)
+        else:
+            norm = normalise(raw)
+            by_text = [i for i, o in enumerate(options) if normalise(o) == norm and norm]
+            m = re.match(r"^\(?\s*([a-dA-D])\s*\)", raw) or bare
+            letter = LETTERS[by_text[0]] if by_text else m.group(1).lower() if m else None
     return ids, letter, bool(info) and letter is not None
 
 

@@ -11,7 +11,8 @@ output format. Demonstrations come from the generator's ground truth (docs/metho
   profile:    the statements those lines support                          "pet cat milo ; likes jazz"
   retrieval:  the evidence line numbers and the gold option               "<information> 3 </information>
                                                                            <final_answer> milo </final_answer>"
-              (its text for the tiny model, its options line "(b) rex" for a chat model: agents.answer_text)
+              (its text for the tiny model, its first words and letter "rex (b)" for a chat model:
+              agents.answer_text)
 The demonstrations are *noisy on purpose* (flags `--noise-*`): a line dropped or added, a statement
 dropped, and a wrong option as the answer `--noise-answer` of the time. We measured that RL
 quickly sharpens a policy that already produces the right answer among its samples (noisy

@@ -266,15 +266,45 @@ def test_shared_prompt_sampling_equals_the_plain_sampler(case, toy_policy):
             assert x == pytest.approx(y, abs=1e-5)
 
 
-def test_a_chat_models_answer_is_its_letter_written_first():
-    """by_letter (chat models): the options line "(b) rex" chooses b, and so does an answer cut by the
-    generation limit after its letter; an option's text alone is a format failure; the tiny model's
-    text answers keep working."""
+def test_a_chat_models_answer_is_the_option_it_names_else_its_letter():
+    """by_letter (chat models): the words before the last bracketed letter choose the option whose first
+    ANSWER_WORDS words they are; when they name no option (or several), the letter decides; an answer
+    cut by the generation limit after its letter counts, one cut before it (naming nothing) does not;
+    the tiny model's text answers keep working."""
     shown = [Line(k, 0, "user", f"line {k}") for k in range(4)]
     opts = ["milo", "rex", "luna", "coco"]
     info = "<information> 2 </information> "
-    assert agents.parse_answer(info + "<final_answer> (b) rex </final_answer>", shown, opts, by_letter=True) == ([1], "b", True)
-    assert agents.parse_answer(info + "<final_answer> (c) it's great that you came", shown, opts, by_letter=True)[1:] == ("c", True)
-    assert agents.parse_answer(info + "<final_answer> rex </final_answer>", shown, opts, by_letter=True)[1:] == (None, False)
+    def chat(answer):
+        return agents.parse_answer(info + answer, shown, opts, by_letter=True)
+    assert chat("<final_answer> rex (b) </final_answer>") == ([1], "b", True)
+    assert chat("<final_answer> rex (c) </final_answer>")[1:] == ("b", True)  # named rex: the value wins
+    assert chat("<final_answer> my pet (c) </final_answer>")[1:] == ("c", True)  # names nothing: the letter
+    assert chat("<final_answer> (b) rex </final_answer>")[1:] == ("b", True)  # the older letter-first layout
+    assert chat("<final_answer> (a) or rather (c)")[1:] == ("c", True)
+    assert chat("<final_answer> Luna (c) </final_")[1:] == ("c", True)  # cut after the letter
+    assert chat("<final_answer> it's great that you came")[1:] == (None, False)  # cut before it
+    assert chat("<final_answer> rex </final_answer>")[1:] == ("b", True)
+    assert chat("<final_answer> b </final_answer>")[1:] == ("b", True)
+    two = ["the same six words of text here a", "the same six words of text here b", "x", "y"]
+    assert agents.parse_answer(info + "<final_answer> the same six words of text (d) </final_answer>", shown, two,
+                               by_letter=True)[1:] == ("d", True)  # names two options: the letter
     assert agents.parse_answer(info + "<final_answer> (c) it's great that", shown, opts)[1:] == (None, False)  # tiny: tags
     assert agents.parse_answer(info + "<final_answer> rex </final_answer>", shown, opts)[1:] == ("b", True)
+    assert agents.parse_answer(info + "<final_answer> rex (c) </final_answer>", shown, opts)[1:] == (None, False)
+
+
+def test_a_chat_models_demonstrated_answer_parses_back_to_its_option():
+    """The warm start's target for a chat model: the option's first ANSWER_WORDS words, then its letter;
+    parse_answer reads every option's target back as that option (long PersonaMem-like options too)."""
+    class ChatTokenizer:
+        chat_template = "{{ messages }}"
+    chat = models.Policy(None, tokenizer=ChatTokenizer())
+    opts = ["rex", "from jazz to techno",
+            "Absolutely, music can play a powerful role in therapeutic practices.", "a (d) in the text"]
+    assert agents.answer_text(chat, opts, 0) == "rex (a)"
+    assert agents.answer_text(chat, opts, 2) == "Absolutely, music can play a powerful (c)"
+    assert agents.answer_text(models.Policy(None, tokenizer=None), opts, 2) == opts[2]  # tiny: the whole text
+    shown = [Line(0, 0, "user", "i have a dog named rex .")]
+    for i, letter in enumerate("abcd"):
+        target = agents.answer_target(shown, [0], agents.answer_text(chat, opts, i))
+        assert agents.parse_answer(target, shown, opts, by_letter=True) == ([0], letter, True)

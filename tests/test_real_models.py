@@ -262,7 +262,7 @@ def test_our_adapters_load_in_peft(tmp_path):
 def test_the_shipped_smollm2_warm_start_evaluates_with_no_training(toy_data, tmp_path):
     """checkpoints/smollm2-lora-warmstart: three rank-16 adapter sets (profile and retrieval link to the
     extraction folder: the warm start's agents are identical) that eval.py takes as they are; its
-    retrieval agent writes the letter-first answer format."""
+    retrieval agent writes the value-then-letter answer format."""
     smollm2_or_skip()
     import lora
     shipped = ROOT / "checkpoints" / "smollm2-lora-warmstart"
