@@ -7,9 +7,10 @@
 
 Agents act on numbered lines (docs/method.md, decision 1): line numbers in a prompt are local (1..k, in the
 order shown) and the environment maps them back to the history's global line ids, so that Eq. 9 and
-Eq. 11 are exact set operations. The final answer (decision 2) is the chosen option led by its letter,
-"(b) rex", for a chat model (the letter decides), and the option's *text* for the tiny model (a bare
-letter is a hop the tiny model does not learn; it also may write a letter).
+Eq. 11 are exact set operations. The final answer (decision 2) is the chosen option's first words
+and then its letter, "rex (b)", for a chat model (the option its words name decides, else the letter),
+and the option's *text* for the tiny model (a bare letter is a hop the tiny model does not learn; it
+also may write a letter).
 
 Each agent has a fixed context budget in tokens (`Budgets`). Content that does not fit is truncated by
 one rule: extraction and profile inputs keep their first lines (a session's tail is lost); the
