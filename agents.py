@@ -264,12 +264,12 @@ ANSWER_WORDS = 6  # a chat model's answer repeats at most this many words of the
 
 def answers_by_letter(policy: Policy) -> bool:
     """The final-answer format (docs/method.md, decision 2): a chat model writes the chosen option's
-    first words, then its letter, "rex (b)", and the letter decides; the tiny model writes the
-    option's text (it does not learn the hop from a value to its letter). Value first, because the
-    value is what the memory holds: a model that must write the letter first decides before it has
-    looked (SmolLM2 answered "(a) <option a>" to almost every question). The letter last, because
-    PersonaMem's options are whole sentences that a small model paraphrases or truncates when it
-    must copy them, so only their first words are repeated."""
+    first words, then its letter, "rex (b)": the option those words name decides, else the letter
+    (`parse_answer`); the tiny model writes the option's text (it does not learn the hop from a
+    value to its letter). Value first, because the value is what the memory holds: a model that must
+    write the letter first decides before it has looked (SmolLM2 answered "(a) <option a>" to almost
+    every question). The letter last, because PersonaMem's options are whole sentences that a small
+    model paraphrases or truncates when it must copy them, so only their first words are repeated."""
     return policy.chat
 
 
