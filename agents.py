@@ -262,6 +262,15 @@ def parse_profile(text: str) -> tuple[list[str], bool]:
 ANSWER_WORDS = 6  # a chat model's answer repeats at most this many words of the option before its letter
 
 
+def first_words(option: str) -> str:
+    """The words of an option a chat model's answer repeats before its letter: its first ANSWER_WORDS.
+
+    >>> first_words("my new job keeps me very busy")
+    'my new job keeps me very'
+    """
+    return " ".join(option.split()[:ANSWER_WORDS])
+
+
 def answers_by_letter(policy: Policy) -> bool:
     """The final-answer format (docs/method.md, decision 2): a chat model writes the chosen option's
     first words, then its letter, "rex (b)": the option those words name decides, else the letter
@@ -283,7 +292,7 @@ def answer_text(policy: Policy, options: list[str], index: int) -> str:
     'rex'
     """
     if answers_by_letter(policy):
-        return f"{' '.join(options[index].split()[:ANSWER_WORDS])} ({LETTERS[index]})"
+        return f"{first_words(options[index])} ({LETTERS[index]})"
     return options[index]
 
 
@@ -316,14 +325,16 @@ def parse_answer(text: str, shown: list[Line], options: list[str],
         if by_letter:
             bracketed = list(re.finditer(r"\(\s*([a-dA-D])\s*\)", raw))
             value = normalise(raw[:bracketed[-1].start()] if bracketed else raw)  # the words before the letter
-            named = [i for i, o in enumerate(options) if value and normalise(" ".join(o.split()[:ANSWER_WORDS])) == value]
-            letter = (LETTERS[named[0]] if len(named) == 1 else bracketed[-1].group(1).lower() if bracketed
-                      else bare.group(1).lower() if bare else None)
+            named = [i for i, o in enumerate(options) if value and normalise(first_words(o)) == value]
+            written = bracketed[-1] if bracketed else bare
         else:
             norm = normalise(raw)
-            by_text = [i for i, o in enumerate(options) if normalise(o) == norm and norm]
-            m = re.match(r"^\(?\s*([a-dA-D])\s*\)", raw) or bare
-            letter = LETTERS[by_text[0]] if by_text else m.group(1).lower() if m else None
+            named = [i for i, o in enumerate(options) if norm and normalise(o) == norm][:1]
+            written = re.match(r"^\(?\s*([a-dA-D])\s*\)", raw) or bare
+        if len(named) == 1:
+            letter = LETTERS[named[0]]
+        elif written:
+            letter = written.group(1).lower()
     return ids, letter, bool(info) and letter is not None
 
 
