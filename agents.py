@@ -300,12 +300,13 @@ def parse_answer(text: str, shown: list[Line], options: list[str],
                  by_letter: bool = False) -> tuple[list[int], str | None, bool]:
     """(retrieved global ids E'_q, chosen letter or None, ok) from the retrieval agent's output.
 
-    The answer inside <final_answer>, with `by_letter` (a chat model, `answers_by_letter`): the words
-    before its last bracketed letter, when they are one option's first ANSWER_WORDS words (all of a
-    short option; compared after `rewards.normalise`), choose that option: the model named it; if they
-    name no option or several (a paraphrased PersonaMem sentence), the letter decides; a bare letter
-    "b" counts too. An answer cut by the generation limit after its letter still counts ("rex (b)
-    </fin"). Without `by_letter` (tiny): an option's whole text chooses it, or a letter "(c)" / "c",
+    The answer inside <final_answer>, with `by_letter` (a chat model, `answers_by_letter`): the first
+    ANSWER_WORDS words before its last bracketed letter (all of them when there is no letter), when
+    they are one option's first ANSWER_WORDS words (all of a short option; compared after
+    `rewards.normalise`), choose that option: the model named it; if they name no option or several
+    (a paraphrased PersonaMem sentence), the letter decides; a bare letter "b" counts too. An answer
+    cut by the generation limit still counts if its letter or its first words made it ("rex (b)
+    </fin"; a long option copied on past its first words and cut before the letter). Without `by_letter` (tiny): an option's whole text chooses it, or a letter "(c)" / "c",
     or an answer that starts with "(c)". ok needs the <information> block and an answer; without the
     tags (e.g. a numbered list "1. espresso 2. coffee") nothing is retrieved or chosen.
     Worked example, options [milo, rex, luna, coco], after "<information> 2 </information>":
@@ -324,7 +325,9 @@ def parse_answer(text: str, shown: list[Line], options: list[str],
         bare = re.fullmatch(r"\(?\s*([a-dA-D])\s*\)?", raw)
         if by_letter:
             bracketed = list(re.finditer(r"\(\s*([a-dA-D])\s*\)", raw))
-            value = normalise(raw[:bracketed[-1].start()] if bracketed else raw)  # the words before the letter
+            # the first ANSWER_WORDS words before the letter: a model that copies a long option on (and
+            # may be cut by the generation limit before its letter) still names the option it began
+            value = normalise(first_words(raw[:bracketed[-1].start()] if bracketed else raw))
             named = [i for i, o in enumerate(options) if value and normalise(first_words(o)) == value]
             written = bracketed[-1] if bracketed else bare
         else:

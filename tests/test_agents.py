@@ -269,7 +269,8 @@ def test_shared_prompt_sampling_equals_the_plain_sampler(case, toy_policy):
 def test_a_chat_models_answer_is_the_option_it_names_else_its_letter():
     """by_letter (chat models): the words before the last bracketed letter choose the option whose first
     ANSWER_WORDS words they are; when they name no option (or several), the letter decides; an answer
-    cut by the generation limit after its letter counts, one cut before it (naming nothing) does not;
+    cut by the generation limit after its letter counts, one cut before it counts if its first
+    ANSWER_WORDS words name one option (a long option copied on), and does not if they name nothing;
     the tiny model's text answers keep working."""
     shown = [Line(k, 0, "user", f"line {k}") for k in range(4)]
     opts = ["milo", "rex", "luna", "coco"]
@@ -288,6 +289,15 @@ def test_a_chat_models_answer_is_the_option_it_names_else_its_letter():
     two = ["the same six words of text here a", "the same six words of text here b", "x", "y"]
     assert agents.parse_answer(info + "<final_answer> the same six words of text (d) </final_answer>", shown, two,
                                by_letter=True)[1:] == ("d", True)  # names two options: the letter
+    long = ["I remember you mentioned how impactful these workshops were for you.", "It's surprising to hear that.",
+            "I remember you mentioned a trip once.", "Music helps."]
+    def chat_long(answer):
+        return agents.parse_answer(info + answer, shown, long, by_letter=True)[1:]
+    # copied on past the first words and cut by the limit before the letter: the first words name (a)
+    assert chat_long("<final_answer> I remember you mentioned how impactful these workshops were for you in") == ("a", True)
+    assert chat_long("<final_answer> i remember you mentioned, how impactful these events (d) </final_answer>") == ("a", True)
+    assert chat_long("<final_answer> I remember you mentioned a workshop") == (None, False)  # six words, no option's
+    assert chat_long("<final_answer> I remember you mentioned a workshop (c) </final_answer>") == ("c", True)
     assert agents.parse_answer(info + "<final_answer> (c) it's great that", shown, opts)[1:] == (None, False)  # tiny: tags
     assert agents.parse_answer(info + "<final_answer> rex </final_answer>", shown, opts)[1:] == ("b", True)
     assert agents.parse_answer(info + "<final_answer> rex (c) </final_answer>", shown, opts)[1:] == (None, False)
