@@ -271,6 +271,32 @@ def first_words(option: str) -> str:
     return " ".join(option.split()[:ANSWER_WORDS])
 
 
+def named_options(value: str, options: list[str]) -> list[int]:
+    """The options a chat model's answer words `value` name (`parse_answer`): those whose first
+    ANSWER_WORDS words `value` begins with (all of a short option; compared after `rewards.normalise`),
+    and of these only the ones it follows furthest. One index: the option it named; several: the
+    words stop inside a beginning the options share (PersonaMem's options often open alike); none:
+    a paraphrase, or no words.
+
+    >>> named_options("rex", ["milo", "rex", "luna", "coco"]), named_options("my pet", ["milo", "rex"])
+    ([1], [])
+    >>> opts = ["Given your concerns it might be helpful to rest", "Given your concerns it might be effective to plan"]
+    >>> named_options("given your concerns, it might be effective to", opts), named_options("Given your concerns it might be", opts)
+    ([1], [0, 1])
+    """
+    words = normalise(value).split()
+    def shared(option):  # how many words `value` repeats from the option's start; 0 unless it covers its first words
+        head, ow = normalise(first_words(option)).split(), normalise(option).split()
+        if not head or words[:len(head)] != head:
+            return 0
+        n = len(head)
+        while n < min(len(words), len(ow)) and words[n] == ow[n]:
+            n += 1
+        return n
+    lengths = [shared(o) for o in options]
+    return [i for i, n in enumerate(lengths) if n and n == max(lengths)]
+
+
 def answers_by_letter(policy: Policy) -> bool:
     """The final-answer format (docs/method.md, decision 2): a chat model writes the chosen option's
     first words, then its letter, "rex (b)": the option those words name decides, else the letter
@@ -300,13 +326,12 @@ def parse_answer(text: str, shown: list[Line], options: list[str],
                  by_letter: bool = False) -> tuple[list[int], str | None, bool]:
     """(retrieved global ids E'_q, chosen letter or None, ok) from the retrieval agent's output.
 
-    The answer inside <final_answer>, with `by_letter` (a chat model, `answers_by_letter`): the first
-    ANSWER_WORDS words before its last bracketed letter (all of them when there is no letter), when
-    they are one option's first ANSWER_WORDS words (all of a short option; compared after
-    `rewards.normalise`), choose that option: the model named it; if they name no option or several
-    (a paraphrased PersonaMem sentence), the letter decides; a bare letter "b" counts too. An answer
-    cut by the generation limit still counts if its letter or its first words made it ("rex (b)
-    </fin"; a long option copied on past its first words and cut before the letter). Without `by_letter` (tiny): an option's whole text chooses it, or a letter "(c)" / "c",
+    The answer inside <final_answer>, with `by_letter` (a chat model, `answers_by_letter`): the words
+    before its last bracketed letter (all of them when there is no letter) choose the option they
+    name (`named_options`: they begin with its first ANSWER_WORDS words); if they name no option or
+    several (a paraphrased PersonaMem sentence), the letter decides; a bare letter "b" counts too. An
+    answer cut by the generation limit still counts if its letter or its naming words made it ("rex
+    (b) </fin"; a long option copied on and cut before the letter). Without `by_letter` (tiny): an option's whole text chooses it, or a letter "(c)" / "c",
     or an answer that starts with "(c)". ok needs the <information> block and an answer; without the
     tags (e.g. a numbered list "1. espresso 2. coffee") nothing is retrieved or chosen.
     Worked example, options [milo, rex, luna, coco], after "<information> 2 </information>":
@@ -325,10 +350,7 @@ def parse_answer(text: str, shown: list[Line], options: list[str],
         bare = re.fullmatch(r"\(?\s*([a-dA-D])\s*\)?", raw)
         if by_letter:
             bracketed = list(re.finditer(r"\(\s*([a-dA-D])\s*\)", raw))
-            # the first ANSWER_WORDS words before the letter: a model that copies a long option on (and
-            # may be cut by the generation limit before its letter) still names the option it began
-            value = normalise(first_words(raw[:bracketed[-1].start()] if bracketed else raw))
-            named = [i for i, o in enumerate(options) if value and normalise(first_words(o)) == value]
+            named = named_options(raw[:bracketed[-1].start()] if bracketed else raw, options)
             written = bracketed[-1] if bracketed else bare
         else:
             norm = normalise(raw)

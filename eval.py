@@ -137,6 +137,7 @@ def metrics(trajs: list[comam.Trajectory], memories: list[comam.Memory], policy:
         "answer_letters": chosen, "gold_letters": share([t.example.gold for t in trajs]),
         "seconds_per_query": seconds / max(1, len(trajs)),
         "per_question": {t.example.qid: t.global_reward for t in trajs},  # for paired comparisons
+        "answers": {t.example.qid: t.actions["retrieval"].text for t in trajs},  # to re-read with another parser
         "failure_examples": [{"qid": t.example.qid, "output": t.actions["retrieval"].text,
                               "memory_lines": len(t.memory_lines)}
                              for t in trajs if not t.actions["retrieval"].ok][:5],  # what a format failure looks like
@@ -278,7 +279,7 @@ def average(results: list[dict]) -> dict:
         if isinstance(values[0], dict):
             keys = dict.fromkeys(k for v in values for k in v)
             return {k: mean([v.get(k) for v in values if isinstance(v, dict)]) for k in keys}
-        if isinstance(values[0], list):  # examples of failures: the first evaluation's
+        if isinstance(values[0], (list, str)):  # examples of failures, answers' texts: the first evaluation's
             return values[0]
         numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
         return float(np.mean(numbers)) if numbers else None

@@ -270,7 +270,8 @@ def test_a_chat_models_answer_is_the_option_it_names_else_its_letter():
     """by_letter (chat models): the words before the last bracketed letter choose the option whose first
     ANSWER_WORDS words they are; when they name no option (or several), the letter decides; an answer
     cut by the generation limit after its letter counts, one cut before it counts if its first
-    ANSWER_WORDS words name one option (a long option copied on), and does not if they name nothing;
+    ANSWER_WORDS words name one option (a long option copied on; among options that open alike, the
+    one it follows furthest), and does not if they name nothing;
     the tiny model's text answers keep working."""
     shown = [Line(k, 0, "user", f"line {k}") for k in range(4)]
     opts = ["milo", "rex", "luna", "coco"]
@@ -298,6 +299,16 @@ def test_a_chat_models_answer_is_the_option_it_names_else_its_letter():
     assert chat_long("<final_answer> i remember you mentioned, how impactful these events (d) </final_answer>") == ("a", True)
     assert chat_long("<final_answer> I remember you mentioned a workshop") == (None, False)  # six words, no option's
     assert chat_long("<final_answer> I remember you mentioned a workshop (c) </final_answer>") == ("c", True)
+    alike = ["Given your concerns, it might be helpful to rest.", "Given your concerns, it could help to plan.",
+             "Given your concerns, it might be effective to plan ahead.", "Given your concerns, exploring art helps."]
+    def chat_alike(answer):
+        return agents.parse_answer(info + answer, shown, alike, by_letter=True)[1:]
+    # options that open alike: the words followed furthest name the option; stopping inside the shared
+    # opening names all that share it, and the letter decides
+    assert chat_alike("<final_answer> given your concerns, it might be effective to plan") == ("c", True)
+    assert chat_alike("<final_answer> Given your concerns, it might be helpful (d) </final_answer>") == ("a", True)
+    assert chat_alike("<final_answer> Given your concerns, it might be (b) </final_answer>") == ("b", True)
+    assert chat_alike("<final_answer> Given your concerns, it might be") == (None, False)
     assert agents.parse_answer(info + "<final_answer> (c) it's great that", shown, opts)[1:] == (None, False)  # tiny: tags
     assert agents.parse_answer(info + "<final_answer> rex </final_answer>", shown, opts)[1:] == ("b", True)
     assert agents.parse_answer(info + "<final_answer> rex (c) </final_answer>", shown, opts)[1:] == (None, False)

@@ -55,6 +55,7 @@ def test_accuracy_matches_hand_count_with_scripted_answers(toy_data, toy_policy,
         assert res["gold_letters"][k] == pytest.approx(sum(ex.gold == k for ex in examples) / len(examples))
     assert letters.count(None) > 0
     assert res["answer_letters"]["unparsed"] == pytest.approx(letters.count(None) / len(letters))
+    assert res["answers"] == {ex.qid: text for ex, (text, _, _) in zip(examples, plan)}  # each answer's text, kept
 
 
 def _run(folder, final, no_train, settings):
@@ -137,14 +138,16 @@ def test_plot_runs_writes_png_or_explains(tmp_path, capsys):
 
 
 def test_average_of_sampled_evaluations_hand_worked():
-    a = {"accuracy": 0.5, "n": 4, "per_type": {"x": 1.0}, "local": {"r": None}, "per_question": {"q1": 1.0, "q2": 0.0}}
+    a = {"accuracy": 0.5, "n": 4, "per_type": {"x": 1.0}, "local": {"r": None}, "per_question": {"q1": 1.0, "q2": 0.0},
+         "answers": {"q1": "rex (b)", "q2": "(c)"}}
     b = {"accuracy": 0.25, "n": 4, "per_type": {"x": 0.0, "y": 1.0}, "local": {"r": None},
-         "per_question": {"q1": 0.0, "q2": 0.0}}
+         "per_question": {"q1": 0.0, "q2": 0.0}, "answers": {"q1": "milo (a)", "q2": "(c)"}}
     out = evaluation.average([a, b])
     assert out["accuracy"] == 0.375 and out["n"] == 4 and out["samples"] == 2
     assert out["accuracy_per_sample"] == [0.5, 0.25]
     assert out["per_type"] == {"x": 0.5, "y": 1.0} and out["local"] == {"r": None}
     assert out["per_question"] == {"q1": 0.5, "q2": 0.0}
+    assert out["answers"] == a["answers"]  # texts are not averaged: the first evaluation's
 
 
 def test_paired_table_hand_worked():
