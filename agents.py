@@ -331,9 +331,10 @@ def parse_answer(text: str, shown: list[Line], options: list[str],
     name (`named_options`: they begin with its first ANSWER_WORDS words); if they name no option or
     several (a paraphrased PersonaMem sentence), the letter decides; a bare letter "b" counts too. An
     answer cut by the generation limit still counts if its letter or its naming words made it ("rex
-    (b) </fin"; a long option copied on and cut before the letter). Without `by_letter` (tiny): an option's whole text chooses it, or a letter "(c)" / "c",
-    or an answer that starts with "(c)". ok needs the <information> block and an answer; without the
-    tags (e.g. a numbered list "1. espresso 2. coffee") nothing is retrieved or chosen.
+    (b) </fin"; a long option copied on and cut before the letter). Without `by_letter` (tiny): an
+    option's whole text chooses it, or a letter "(c)" / "c", or an answer that starts with "(c)".
+    ok needs the <information> block and an answer; without the tags (e.g. a numbered list "1.
+    espresso 2. coffee") nothing is retrieved or chosen.
     Worked example, options [milo, rex, luna, coco], after "<information> 2 </information>":
     "<final_answer> rex (b) </final_answer>" -> b either way; "<final_answer> rex (c) </final_answer>"
     -> b (the named value wins over a mismatched letter); "<final_answer> my pet (c) </final_answer>"
@@ -341,7 +342,7 @@ def parse_answer(text: str, shown: list[Line], options: list[str],
     """
     info = re.search(r"<information>(.*?)</information>", text, re.S)
     ans = re.search(r"<final_answer>(.*?)</final_answer>", text, re.S)
-    if ans is None and by_letter:  # cut by the generation limit after the letter
+    if ans is None and by_letter:  # cut by the generation limit (after the letter, or after the naming words)
         ans = re.search(r"<final_answer>(.*)$", text, re.S)
     ids = _ids_of(info.group(1), shown) if info else []
     letter = None
