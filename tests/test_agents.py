@@ -276,8 +276,8 @@ def test_a_chat_models_answer_is_the_option_it_names_else_its_letter():
     shown = [Line(k, 0, "user", f"line {k}") for k in range(4)]
     opts = ["milo", "rex", "luna", "coco"]
     info = "<information> 2 </information> "
-    def chat(answer):
-        return agents.parse_answer(info + answer, shown, opts, by_letter=True)
+    def chat(answer, options=opts):
+        return agents.parse_answer(info + answer, shown, options, by_letter=True)
     assert chat("<final_answer> rex (b) </final_answer>") == ([1], "b", True)
     assert chat("<final_answer> rex (c) </final_answer>")[1:] == ("b", True)  # named rex: the value wins
     assert chat("<final_answer> my pet (c) </final_answer>")[1:] == ("c", True)  # names nothing: the letter
@@ -288,12 +288,11 @@ def test_a_chat_models_answer_is_the_option_it_names_else_its_letter():
     assert chat("<final_answer> rex </final_answer>")[1:] == ("b", True)
     assert chat("<final_answer> b </final_answer>")[1:] == ("b", True)
     two = ["the same six words of text here a", "the same six words of text here b", "x", "y"]
-    assert agents.parse_answer(info + "<final_answer> the same six words of text (d) </final_answer>", shown, two,
-                               by_letter=True)[1:] == ("d", True)  # names two options: the letter
+    assert chat("<final_answer> the same six words of text (d) </final_answer>", two)[1:] == ("d", True)  # two named: the letter
     long = ["I remember you mentioned how impactful these workshops were for you.", "It's surprising to hear that.",
             "I remember you mentioned a trip once.", "Music helps."]
     def chat_long(answer):
-        return agents.parse_answer(info + answer, shown, long, by_letter=True)[1:]
+        return chat(answer, long)[1:]
     # copied on past the first words and cut by the limit before the letter: the first words name (a)
     assert chat_long("<final_answer> I remember you mentioned how impactful these workshops were for you in") == ("a", True)
     assert chat_long("<final_answer> i remember you mentioned, how impactful these events (d) </final_answer>") == ("a", True)
@@ -302,7 +301,7 @@ def test_a_chat_models_answer_is_the_option_it_names_else_its_letter():
     alike = ["Given your concerns, it might be helpful to rest.", "Given your concerns, it could help to plan.",
              "Given your concerns, it might be effective to plan ahead.", "Given your concerns, exploring art helps."]
     def chat_alike(answer):
-        return agents.parse_answer(info + answer, shown, alike, by_letter=True)[1:]
+        return chat(answer, alike)[1:]
     # options that open alike: the words followed furthest name the option; stopping inside the shared
     # opening names all that share it, and the letter decides
     assert chat_alike("<final_answer> given your concerns, it might be effective to plan") == ("c", True)
