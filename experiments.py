@@ -2,6 +2,7 @@
 
     python train.py --mislead extraction    # plant a local reward that points the wrong way
     python train.py --context-sessions 3    # memory from earlier sessions in the retrieval agent's input
+    python train.py --extraction-alpha 0.5  # Eq. 9 with less weight on recall (the paper: 0.8)
 
 `train.train_step` calls `rollout` below instead of `comam.rollout` when one of these flags is set
 (`active`); nothing else in the core code knows about them.
@@ -16,6 +17,12 @@ while deployment builds memory over the whole history. With N > 0 the retrieval 
 holds the informative lines and ground-truth statements of the N sessions before the evidence
 session, as a perfect memory construction would have stored them, so that training sees distractor
 memory as deployment does.
+
+--extraction-alpha A re-scores the extraction agent's local reward r_0 (Eq. 9) with α = A instead of
+the paper's 0.8. Why: Eq. 9 pays α for recall alone, so an agent that keeps every line of the session
+earns at least α; a small model learns that within a few steps (docs/real-models.md) and fills its
+memory. A lower α makes the IoU term, which charges for every kept line that is not evidence, count.
+The paper's r_0 is logged beside it as `paper_local_extraction`.
 """
 from __future__ import annotations
 
@@ -28,7 +35,7 @@ from data.example import Example, Line
 
 
 def active(args) -> bool:
-    return args.mislead != "none" or args.context_sessions > 0
+    return args.mislead != "none" or args.context_sessions > 0 or args.extraction_alpha != rewards.EXTRACTION_ALPHA
 
 
 def rollout(policies, queries: list[Example], args, budgets, max_new, generator) -> tuple[list, dict]:
@@ -39,6 +46,8 @@ def rollout(policies, queries: list[Example], args, budgets, max_new, generator)
     else:
         groups = comam.rollout(policies, queries, args.group_size, budgets, max_new, args.temperature, generator)
     extra = {}
+    if args.extraction_alpha != rewards.EXTRACTION_ALPHA:
+        extra["paper_local_extraction"] = rescore_extraction(groups, args.extraction_alpha)
     if args.mislead != "none":
         extra[f"paper_local_{args.mislead}"] = plant_misleading_reward(groups, args.mislead)
     return groups, extra
@@ -53,6 +62,22 @@ def plant_misleading_reward(groups, agent: str) -> float:
         paper.append(t.local_rewards[n])
         t.local_rewards[n] = (rewards.assistant_share_reward(t.memory_lines) if agent == "extraction"
                               else rewards.statement_count_reward(t.profile))
+    return float(np.nanmean(paper)) if paper and not np.isnan(paper).all() else float("nan")
+
+
+def rescore_extraction(groups, alpha: float) -> float:
+    """Replace every trajectory's r_0 by Eq. 9 with weight `alpha`, in place. Returns the batch mean of
+    the paper's r_0 (α = 0.8), for the log.
+
+    Worked example: the agent keeps M = {1, 2, 3, 4, 5, 6} of a session whose evidence is E = {2}:
+    recall 1, IoU 1/6; the paper's r_0 = 0.8 + 0.2/6 = 0.833, with α = 0.5 r_0 = 0.5 + 0.5/6 = 0.583;
+    keeping M = {2} alone earns 1.0 under both.
+    """
+    paper = []
+    for t in (t for g in groups for t in g):
+        paper.append(t.local_rewards[0])
+        r0 = rewards.extraction_reward([l.id for l in t.memory_lines], t.example.evidence, alpha)
+        t.local_rewards[0] = float("nan") if r0 is None else r0
     return float(np.nanmean(paper)) if paper and not np.isnan(paper).all() else float("nan")
 
 

@@ -50,7 +50,10 @@ def _overlap_reward(pred, gold, weight: float) -> float | None:
     ### END SOLUTION
 
 
-def extraction_reward(memory_ids, evidence_ids, alpha: float = 0.8) -> float | None:
+EXTRACTION_ALPHA = 0.8  # Eq. 9's α (the paper's); train.py --extraction-alpha changes it (experiments.py)
+
+
+def extraction_reward(memory_ids, evidence_ids, alpha: float = EXTRACTION_ALPHA) -> float | None:
     """Eq. 9: r_0 = α·|M∩E|/|E| + (1−α)·|M∩E|/|M∪E|, α = 0.8 (recall-heavy).
 
     memory_ids: ids of the lines the extraction agent kept (M_f); None or empty -> 0.0.

@@ -30,6 +30,7 @@ import distributed
 import eval as evaluation
 import lora
 import models
+import rewards
 from cli import (InputError, check, check_seed, choice, finite, output_folder, positive, read_json, recover_folder,
                  replace_folder, resolve_device)
 from credit import CREDIT_MODES, VARIANTS
@@ -68,6 +69,10 @@ def check_args(args) -> None:
     choice(args.eval_history, "--eval-history", ("whole", "evidence"))
     choice(args.mislead, "--mislead", ("none",) + agents.ROLES[:2])
     positive(args.context_sessions, "--context-sessions", 0)
+    finite(args.extraction_alpha, "--extraction-alpha")
+    check(args.extraction_alpha <= 1.0, f"--extraction-alpha must be in [0, 1], got {args.extraction_alpha}")
+    check(not (args.mislead == "extraction" and args.extraction_alpha != rewards.EXTRACTION_ALPHA),
+          "--mislead extraction replaces r_0, so --extraction-alpha would change nothing: give one of them")
     positive(args.lora_rank, "--lora-rank", -1)
     finite(args.lora_alpha, "--lora-alpha", 0.0, low_open=True)
     lora.target_names(args.lora_targets)

@@ -18,7 +18,7 @@ The file reads top-down as the paper's Algorithm 1 (docs/method.md, "Algorithm 1
     A1.5  one clipped policy-gradient update of every trained agent                update_policies, grpo_update
     A1.6  the loss of that update (Eq. 16's objective, GRPO's Eqs. 6-8)            policy_loss
 Run bookkeeping (folders, checkpoints, resume, logs) is runs.py's; experiments beyond the paper
-(--mislead, --context-sessions) enter the step in one place, experiments.py.
+(--mislead, --context-sessions, --extraction-alpha) enter the step in one place, experiments.py.
 Logs go to runs/<exp-name>-s<seed>/log.jsonl (one JSON object per step), checkpoints to .../ckpt.
 """
 from __future__ import annotations
@@ -84,6 +84,8 @@ class Args:
     """plant a misleading local reward (not in the paper): none | extraction (r_0 = share of kept lines that are assistant turns) | profile (r_1 = statement count / 8)"""
     context_sessions: int = 0
     """in training, the retrieval agent's memory also holds the informative lines and statements of the N sessions before the evidence session (0 = the paper's setting)"""
+    extraction_alpha: float = 0.8
+    """α of the extraction agent's reward r_0 (Eq. 9): weight of recall against IoU; 0.8 is the paper, lower charges more for keeping non-evidence lines (not in the paper)"""
     steps: int = 60
     """training iterations"""
     queries: int = 8
@@ -192,7 +194,7 @@ def train_step(step: int, run: runs.Run, refs: dict, train_set: list[Example], b
     for p in unique(policies).values():
         p.model.eval()
     with autocast(device):
-        if experiments.active(args):  # --mislead / --context-sessions: experiments beyond the paper
+        if experiments.active(args):  # --mislead / --context-sessions / --extraction-alpha: beyond the paper
             groups, extra_log = experiments.rollout(policies, queries, args, budgets, max_new, gen)
         else:
             groups, extra_log = comam.rollout(policies, queries, args.group_size, budgets, max_new,

@@ -1,4 +1,4 @@
-"""Experiments beyond the paper (experiments.py): --mislead and --context-sessions."""
+"""Experiments beyond the paper (experiments.py): --mislead, --context-sessions, --extraction-alpha."""
 from __future__ import annotations
 
 import pytest
@@ -50,3 +50,34 @@ def test_prior_memory_holds_the_sessions_before_the_evidence_session(toy_train):
     assert statements == [st for s in before for st in s.profile]
     assert experiments.prior_memory(ex, 0) == ([], [])
     assert {l.session for l in experiments.prior_memory(ex, 99)[0]} <= set(range(ex.evidence_session))
+
+
+def test_extraction_alpha_rescores_r0_by_eq9_and_logs_the_papers():
+    from types import SimpleNamespace
+    from data.example import Line
+    lines = [Line(i, 0, "user", f"line {i} .") for i in range(1, 7)]
+    ex = SimpleNamespace(evidence=[2])
+    # r_0 as comam.Trajectory.score leaves it (α = 0.8), worked by hand
+    keep_all = comam.Trajectory(example=ex, memory_lines=lines, local_rewards=[0.8 + 0.2 / 6, 0.5, 0.2], global_reward=1.0)
+    keep_one = comam.Trajectory(example=ex, memory_lines=[lines[1]], local_rewards=[1.0, 0.5, 0.2])
+    no_evidence = comam.Trajectory(example=SimpleNamespace(evidence=None), memory_lines=lines,
+                                   local_rewards=[float("nan"), 0.5, 0.2])
+    paper = experiments.rescore_extraction([[keep_all, keep_one], [no_evidence]], 0.5)
+    assert paper == pytest.approx(((0.8 + 0.2 / 6) + 1.0) / 2)  # the NaN of the no-evidence query is left out
+    assert keep_all.local_rewards[0] == pytest.approx(0.5 * 1 + 0.5 / 6)  # recall 1, IoU 1/6
+    assert keep_one.local_rewards[0] == pytest.approx(1.0)
+    assert no_evidence.local_rewards[0] != no_evidence.local_rewards[0]  # still unavailable (NaN)
+    assert keep_all.local_rewards[1:] == [0.5, 0.2] and keep_all.global_reward == 1.0  # nothing else changes
+
+
+def test_extraction_alpha_flag_is_checked():
+    import train
+    from cli import InputError
+    from runs import check_args
+    check_args(train.Args(extraction_alpha=0.3))
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(InputError, match="--extraction-alpha"):
+            check_args(train.Args(extraction_alpha=bad))
+    with pytest.raises(InputError, match="--mislead extraction"):
+        check_args(train.Args(extraction_alpha=0.3, mislead="extraction"))
+    assert experiments.active(train.Args(extraction_alpha=0.3)) and not experiments.active(train.Args())
