@@ -52,6 +52,7 @@ def test_prior_memory_holds_the_sessions_before_the_evidence_session(toy_train):
     assert {l.session for l in experiments.prior_memory(ex, 99)[0]} <= set(range(ex.evidence_session))
 
 
+@pytest.mark.uses_solutions
 def test_extraction_alpha_rescores_r0_by_eq9_and_logs_the_papers():
     from types import SimpleNamespace
     from data.example import Line
