@@ -3,6 +3,7 @@
     python train.py --mislead extraction    # plant a local reward that points the wrong way
     python train.py --context-sessions 3    # memory from earlier sessions in the retrieval agent's input
     python train.py --extraction-alpha 0.5  # Eq. 9 with less weight on recall (the paper: 0.8)
+    python train.py --retrieval-needs-answer  # Eq. 11 paid only when the answer parses
 
 `train.train_step` calls `rollout` below instead of `comam.rollout` when one of these flags is set
 (`active`); nothing else in the core code knows about them.
@@ -23,6 +24,13 @@ the paper's 0.8. Why: Eq. 9 pays α for recall alone, so an agent that keeps eve
 earns at least α; a small model learns that within a few steps (docs/real-models.md) and fills its
 memory. A lower α makes the IoU term, which charges for every kept line that is not evidence, count.
 The paper's r_0 is logged beside it as `paper_local_extraction`.
+
+--retrieval-needs-answer sets the retrieval agent's local reward r_2 (Eq. 11) to 0 when its output
+does not parse (no answer read), so that an output that does not parse earns nothing as a whole.
+Why: `agents.parse_answer` returns the line ids of an output whose answer fails, and Eq. 11 pays for
+them; under Eq. 15 the answer agent then gives up at most w_2 (~1/3) by writing line numbers where
+the answer goes, and a real model learned to do so within ten steps (docs/real-models.md, fourth
+round). The paper's r_2 is logged beside it as `paper_local_retrieval`.
 """
 from __future__ import annotations
 
@@ -35,7 +43,8 @@ from data.example import Example, Line
 
 
 def active(args) -> bool:
-    return args.mislead != "none" or args.context_sessions > 0 or args.extraction_alpha != rewards.EXTRACTION_ALPHA
+    return (args.mislead != "none" or args.context_sessions > 0 or args.extraction_alpha != rewards.EXTRACTION_ALPHA
+            or args.retrieval_needs_answer)
 
 
 def rollout(policies, queries: list[Example], args, budgets, max_new, generator) -> tuple[list, dict]:
@@ -48,6 +57,8 @@ def rollout(policies, queries: list[Example], args, budgets, max_new, generator)
     extra = {}
     if args.extraction_alpha != rewards.EXTRACTION_ALPHA:
         extra["paper_local_extraction"] = rescore_extraction(groups, args.extraction_alpha)
+    if args.retrieval_needs_answer:
+        extra["paper_local_retrieval"] = zero_retrieval_reward_without_answer(groups)
     if args.mislead != "none":
         extra[f"paper_local_{args.mislead}"] = plant_misleading_reward(groups, args.mislead)
     return groups, extra
@@ -78,6 +89,22 @@ def rescore_extraction(groups, alpha: float) -> float:
         paper.append(t.local_rewards[0])
         r0 = rewards.extraction_reward([l.id for l in t.memory_lines], t.example.evidence, alpha)
         t.local_rewards[0] = float("nan") if r0 is None else r0
+    return float(np.nanmean(paper)) if paper and not np.isnan(paper).all() else float("nan")
+
+
+def zero_retrieval_reward_without_answer(groups) -> float:
+    """Set r_2 to 0 for every trajectory whose retrieval output did not parse, in place (an unavailable
+    r_2, NaN, stays NaN). Returns the batch mean of the paper's r_2, for the log.
+
+    Worked example: "<information> 1 </information> <final_answer> <information> 1 </information>
+    </final_answer>", line 1 being the evidence, retrieves it exactly (Eq. 11: r_2 = 1.0) but answers
+    nothing: r_2 = 0.
+    """
+    paper = []
+    for t in (t for g in groups for t in g):
+        paper.append(t.local_rewards[2])
+        if not t.actions["retrieval"].ok and not np.isnan(t.local_rewards[2]):
+            t.local_rewards[2] = 0.0
     return float(np.nanmean(paper)) if paper and not np.isnan(paper).all() else float("nan")
 
 

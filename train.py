@@ -18,7 +18,7 @@ The file reads top-down as the paper's Algorithm 1 (docs/method.md, "Algorithm 1
     A1.5  one clipped policy-gradient update of every trained agent                update_policies, grpo_update
     A1.6  the loss of that update (Eq. 16's objective, GRPO's Eqs. 6-8)            policy_loss
 Run bookkeeping (folders, checkpoints, resume, logs) is runs.py's; experiments beyond the paper
-(--mislead, --context-sessions, --extraction-alpha) enter the step in one place, experiments.py.
+(--mislead, --context-sessions, --extraction-alpha, --retrieval-needs-answer) enter the step in one place, experiments.py.
 Logs go to runs/<exp-name>-s<seed>/log.jsonl (one JSON object per step), checkpoints to .../ckpt.
 """
 from __future__ import annotations
@@ -86,6 +86,8 @@ class Args:
     """in training, the retrieval agent's memory also holds the informative lines and statements of the N sessions before the evidence session (0 = the paper's setting)"""
     extraction_alpha: float = 0.8
     """α of the extraction agent's reward r_0 (Eq. 9): weight of recall against IoU; 0.8 is the paper, lower charges more for keeping non-evidence lines (not in the paper)"""
+    retrieval_needs_answer: bool = False
+    """pay the retrieval agent's r_2 (Eq. 11) only when its output parses, answer included (not in the paper, which does not say)"""
     steps: int = 60
     """training iterations"""
     queries: int = 8
@@ -194,7 +196,7 @@ def train_step(step: int, run: runs.Run, refs: dict, train_set: list[Example], b
     for p in unique(policies).values():
         p.model.eval()
     with autocast(device):
-        if experiments.active(args):  # --mislead / --context-sessions / --extraction-alpha: beyond the paper
+        if experiments.active(args):  # --mislead, --context-sessions, ...: beyond the paper
             groups, extra_log = experiments.rollout(policies, queries, args, budgets, max_new, gen)
         else:
             groups, extra_log = comam.rollout(policies, queries, args.group_size, budgets, max_new,

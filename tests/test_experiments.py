@@ -1,4 +1,5 @@
-"""Experiments beyond the paper (experiments.py): --mislead, --context-sessions, --extraction-alpha."""
+"""Experiments beyond the paper (experiments.py): --mislead, --context-sessions, --extraction-alpha,
+--retrieval-needs-answer."""
 from __future__ import annotations
 
 import pytest
@@ -6,6 +7,7 @@ import pytest
 import agents
 import comam
 import experiments
+import rewards
 from agents import Budgets, MaxNew
 
 
@@ -82,3 +84,31 @@ def test_extraction_alpha_flag_is_checked():
     with pytest.raises(InputError, match="--mislead extraction"):
         check_args(train.Args(extraction_alpha=0.3, mislead="extraction"))
     assert experiments.active(train.Args(extraction_alpha=0.3)) and not experiments.active(train.Args())
+
+
+@pytest.mark.uses_solutions
+def test_retrieval_needs_answer_zeroes_r2_of_an_output_that_does_not_parse():
+    from data.example import Line
+    shown, opts = [Line(2, 0, "user", "i have a dog called rex ."), Line(3, 0, "assistant", "nice .")], ["a", "b", "c", "d"]
+
+    def traj(text):  # r_2 as comam.Trajectory.score leaves it: Eq. 11 on the ids the parser read
+        ids, letter, ok = agents.parse_answer(text, shown, opts)
+        act = comam.Action(prompt=[1], completion=[2], text=text, ok=ok)
+        r2 = rewards.retrieval_reward(ids, [2])
+        return comam.Trajectory(example=None, retrieved=ids, answer=letter, actions={"retrieval": act},
+                                local_rewards=[0.5, 0.5, r2], global_reward=0.0)
+
+    # shown line 1 is the evidence (global id 2)
+    lines_only = traj("<information> 1 </information> <final_answer> <information> 1 </information> </final_answer>")
+    answered = traj("<information> 1 2 </information> <final_answer> (b) </final_answer>")
+    unavailable = traj("<information> 1 </information> <final_answer> (b) </final_answer>")
+    unavailable.local_rewards[2] = float("nan")  # no evidence (PersonaMem)
+    assert lines_only.local_rewards[2] == 1.0 and not lines_only.actions["retrieval"].ok  # what Eq. 11 pays today
+    assert answered.local_rewards[2] == pytest.approx(0.2 * 1 + 0.8 * 1 / 2)
+    paper = experiments.zero_retrieval_reward_without_answer([[lines_only, answered], [unavailable]])
+    assert paper == pytest.approx((1.0 + 0.6) / 2)
+    assert lines_only.local_rewards == [0.5, 0.5, 0.0]  # no answer read: nothing for the lines
+    assert answered.local_rewards[2] == pytest.approx(0.6)  # parsed: unchanged
+    assert unavailable.local_rewards[2] != unavailable.local_rewards[2]  # still NaN
+    import train
+    assert experiments.active(train.Args(retrieval_needs_answer=True))

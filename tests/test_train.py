@@ -239,16 +239,22 @@ def test_two_steps_change_every_trained_agent(toy_data, toy_warmstart, tmp_path,
 
 
 @pytest.mark.uses_solutions
-def test_extraction_alpha_enters_the_step(toy_data, toy_warmstart, tmp_path, varied_rewards, monkeypatch):
+def test_extraction_alpha_and_retrieval_needs_answer_enter_the_step(toy_data, toy_warmstart, tmp_path, varied_rewards, monkeypatch):
     seen, real = [], comam.rollout
     monkeypatch.setattr(comam, "rollout", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
-    train.main(_run_args(toy_data, toy_warmstart, tmp_path, exp_name="alpha", steps=1, extraction_alpha=0.0))
+    train.main(_run_args(toy_data, toy_warmstart, tmp_path, exp_name="alpha", steps=1, extraction_alpha=0.0,
+                         retrieval_needs_answer=True))
     row = json.loads((tmp_path / "alpha-s3" / "log.jsonl").read_text().splitlines()[0])
     # with α = 0, Eq. 9 is the IoU of the kept lines with the evidence, computed here another way
     iou = [[len({l.id for l in t.memory_lines} & set(t.example.evidence)) /
             len({l.id for l in t.memory_lines} | set(t.example.evidence)) for t in g] for g in seen[0]]
     assert row["local_extraction"] == pytest.approx(np.mean([np.mean(g) for g in iou]))
     assert "paper_local_extraction" in row  # the paper's r_0 beside it (here varied_rewards' stand-in)
+    # --retrieval-needs-answer: an output that does not parse earns r_2 = 0 (the paper's r_2 logged beside it)
+    trajs = [t for g in seen[0] for t in g]
+    assert all(t.local_rewards[2] == 0.0 for t in trajs if not t.actions["retrieval"].ok)
+    assert row["local_retrieval"] == pytest.approx(np.mean([np.mean([t.local_rewards[2] for t in g]) for g in seen[0]]))
+    assert row["paper_local_retrieval"] > row["local_retrieval"]  # varied_rewards' stand-in pays the failures
 
 
 @pytest.mark.uses_solutions
