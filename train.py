@@ -18,7 +18,8 @@ The file reads top-down as the paper's Algorithm 1 (docs/method.md, "Algorithm 1
     A1.5  one clipped policy-gradient update of every trained agent                update_policies, grpo_update
     A1.6  the loss of that update (Eq. 16's objective, GRPO's Eqs. 6-8)            policy_loss
 Run bookkeeping (folders, checkpoints, resume, logs) is runs.py's; experiments beyond the paper
-(--mislead, --context-sessions, --extraction-alpha, --retrieval-needs-answer) enter the step in one place, experiments.py.
+(--mislead, --context-sessions, --extraction-alpha, --retrieval-needs-answer) enter the step in one
+place, experiments.py.
 Logs go to runs/<exp-name>-s<seed>/log.jsonl (one JSON object per step), checkpoints to .../ckpt.
 """
 from __future__ import annotations
