@@ -64,6 +64,12 @@ def rollout(policies, queries: list[Example], args, budgets, max_new, generator)
     return groups, extra
 
 
+def batch_mean(rewards_of_batch: list[float]) -> float:
+    """The mean of a batch's rewards, NaN (unavailable) ones left out; NaN when none is available."""
+    values = np.asarray(rewards_of_batch, dtype=np.float64)
+    return float(np.nanmean(values)) if values.size and not np.isnan(values).all() else float("nan")
+
+
 def plant_misleading_reward(groups, agent: str) -> float:
     """Replace one agent's local reward by the planted one, in place. Returns the batch mean of the
     agent's own (paper) reward, for the log."""
@@ -73,7 +79,7 @@ def plant_misleading_reward(groups, agent: str) -> float:
         paper.append(t.local_rewards[n])
         t.local_rewards[n] = (rewards.assistant_share_reward(t.memory_lines) if agent == "extraction"
                               else rewards.statement_count_reward(t.profile))
-    return float(np.nanmean(paper)) if paper and not np.isnan(paper).all() else float("nan")
+    return batch_mean(paper)
 
 
 def rescore_extraction(groups, alpha: float) -> float:
@@ -89,7 +95,7 @@ def rescore_extraction(groups, alpha: float) -> float:
         paper.append(t.local_rewards[0])
         r0 = rewards.extraction_reward([l.id for l in t.memory_lines], t.example.evidence, alpha)
         t.local_rewards[0] = float("nan") if r0 is None else r0
-    return float(np.nanmean(paper)) if paper and not np.isnan(paper).all() else float("nan")
+    return batch_mean(paper)
 
 
 def zero_retrieval_reward_without_answer(groups) -> float:
@@ -105,7 +111,7 @@ def zero_retrieval_reward_without_answer(groups) -> float:
         paper.append(t.local_rewards[2])
         if not t.actions["retrieval"].ok and not np.isnan(t.local_rewards[2]):
             t.local_rewards[2] = 0.0
-    return float(np.nanmean(paper)) if paper and not np.isnan(paper).all() else float("nan")
+    return batch_mean(paper)
 
 
 def prior_memory(ex: Example, n: int) -> tuple[list[Line], list[str]]:

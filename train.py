@@ -37,6 +37,7 @@ import distributed
 import eval as evaluation
 import experiments
 import models
+import rewards
 import runs
 from cli import FolderLock, Interrupted, autocast, check, command, resolve_device, seed_everything
 from credit import group_advantages, integrated_rewards
@@ -85,7 +86,7 @@ class Args:
     """plant a misleading local reward (not in the paper): none | extraction (r_0 = share of kept lines that are assistant turns) | profile (r_1 = statement count / 8)"""
     context_sessions: int = 0
     """in training, the retrieval agent's memory also holds the informative lines and statements of the N sessions before the evidence session (0 = the paper's setting)"""
-    extraction_alpha: float = 0.8
+    extraction_alpha: float = rewards.EXTRACTION_ALPHA
     """α of the extraction agent's reward r_0 (Eq. 9): weight of recall against IoU; 0.8 is the paper, lower charges more for keeping non-evidence lines (not in the paper)"""
     retrieval_needs_answer: bool = False
     """pay the retrieval agent's r_2 (Eq. 11) only when its output parses, answer included (not in the paper, which does not say)"""
