@@ -198,7 +198,16 @@ def load_adapters(model: nn.Module, folder: Path) -> nn.Module:
     from safetensors.torch import load_file
 
     cfg, _ = read_config(folder)
-    add_adapters(model, cfg)
+    return copy_adapters(add_adapters(model, cfg), folder)
+
+
+def copy_adapters(model: nn.Module, folder: Path) -> nn.Module:
+    """Set the adapters already on `model` to those saved in `folder` (in place), e.g. a warm start's
+    adapters on a copy of a policy that has trained since (the KL reference, runs.reference_policies).
+    The same checks as load_adapters."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     path = Path(folder) / WEIGHTS
     try:
         tensors = load_file(str(path))

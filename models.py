@@ -487,8 +487,9 @@ def policy_logprobs(policy: Policy, prompts: list[list[int]], completions: list[
 @torch.no_grad()
 def reference_logprobs(policy: Policy, ref: Policy | None, prompts: list[list[int]], completions: list[list[int]],
                        temperature: float = 1.0) -> torch.Tensor:
-    """Log-probs (B, T-1) of the completions under the KL reference (Eq. 8): `ref`, a frozen copy of the
-    initial policy, or, when it is None, the policy's own base with its LoRA adapters switched off."""
+    """Log-probs (B, T-1) of the completions under the KL reference (Eq. 8): `ref`, the frozen policy the
+    run started from (runs.reference_policies), or, when it is None (fresh LoRA adapters), the policy's
+    own base with its adapters switched off."""
     if ref is not None:
         return policy_logprobs(ref, prompts, completions, temperature)[0]
     with lora.disabled(policy.model):

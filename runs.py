@@ -182,15 +182,39 @@ def load_run_policies(args, device: str, path: Path | None = None) -> dict[str, 
     return policies
 
 
-def reference_policies(policies: dict[str, Policy], kl_beta: float) -> dict[str, Policy | None]:
-    """The frozen reference of each trained policy for the KL term: a copy of the initial policy, or
-    None for a LoRA policy, whose reference is its own base with the adapters off (lora.disabled).
+def reference_policies(args, policies: dict[str, Policy], device: str) -> dict[str, Policy | None]:
+    """The frozen reference of each trained policy for the KL term (Eq. 8): the policy the run started
+    from, --model, at every step and after a resume too (not the checkpoint it resumed from).
+      - fresh adapters (B = 0: --lora-rank on a whole model): None. The policy's own base with its
+        adapters off (models.reference_logprobs) is where it started, at no cost in memory;
+      - adapters that start from saved ones (--model a LoRA warm start): a copy of the policy on the
+        same frozen base (lora.share_frozen) holding the saved adapters again, the adapters' memory
+        only. The base with adapters off would be the model before its warm start, and the KL term
+        would pull the policy back to one that never learned the answer format;
+      - whole models: --model loaded again.
     Empty when --kl-beta is 0 (no reference needed)."""
-    if kl_beta <= 0:
+    if args.kl_beta <= 0:
         return {}
-    return {role: None if lora.adapters(p.model) else
-            Policy(copy.deepcopy(p.model).eval().requires_grad_(False), p.tokenizer, p.name, p.share_prompts)
-            for role, p in unique(policies).items()}
+    refs, initial = {}, None
+    for role, pol in unique(policies).items():
+        if lora.adapters(pol.model):
+            saved = initial_adapters(args, role)
+            refs[role] = None if saved is None else \
+                Policy(lora.copy_adapters(lora.share_frozen(pol.model), saved).eval().requires_grad_(False),
+                       pol.tokenizer, pol.name, pol.share_prompts)
+        else:
+            initial = initial or load_run_policies(args, device)
+            refs[role] = initial[role]
+            refs[role].model.eval().requires_grad_(False)
+    return refs
+
+
+def initial_adapters(args, role: str) -> Path | None:
+    """The folder of the LoRA adapters a role's policy starts from (--model, or --model-<role>, a LoRA
+    warm start), or None when it starts from a whole model."""
+    name = getattr(args, f"model_{role}") or args.model
+    folder = models.model_folder(name, role) if name != "smollm2" else None
+    return folder if folder is not None and lora.is_adapter_folder(folder) else None
 
 
 def make_optimizers(policies: dict[str, Policy], lr: float) -> dict:
@@ -288,9 +312,8 @@ def save_checkpoint(run: Run, step: int, args) -> None:
 
 def lora_base(args, role: str) -> str:
     """The base model under a role's adapters: the base named by --model's adapters, or --model."""
-    name = getattr(args, f"model_{role}") or args.model
-    folder = models.model_folder(name, role) if name != "smollm2" else None
-    return lora.read_config(folder)[1] if folder is not None and lora.is_adapter_folder(folder) else name
+    folder = initial_adapters(args, role)
+    return lora.read_config(folder)[1] if folder is not None else getattr(args, f"model_{role}") or args.model
 
 
 def load_optimizer(opt: torch.optim.Optimizer, path: Path, device: str) -> None:

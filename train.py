@@ -103,7 +103,7 @@ class Args:
     clip_eps: float = 0.2
     """PPO clip range epsilon"""
     kl_beta: float = 0.0
-    """k3 KL penalty to the frozen reference: the initial policy, or a LoRA policy's base (0 = none loaded)"""
+    """k3 KL penalty to the frozen reference: the policy the run started from, --model (0 = none loaded)"""
     loss_agg: str = "token"
     """token: mean over all completion tokens of the batch | sequence: mean over sequences of per-sequence token means (GRPO's Eq. 6)"""
     ppo_epochs: int = 1
@@ -157,7 +157,7 @@ def train(args: Args, device: str) -> dict:
     seed_everything(args.seed)
     train_set, val_set = runs.datasets(args)
     run = runs.open_run(args, device)
-    refs = runs.reference_policies(run.policies, args.kl_beta)
+    refs = runs.reference_policies(args, run.policies, device)
     budgets, max_new, scale = agents.fit_limits(run.policies["extraction"], train_set, args.scale)
     print(f"context limits ({'derived: ' if args.scale <= 0 else ''}{scale:.3f} tokens per word): {budgets}, {max_new}")
 
@@ -290,8 +290,9 @@ def grpo_update(policy: Policy, opt: torch.optim.Optimizer, batch: list[tuple[li
     normalised by the whole batch's token (or sequence) count, so the summed gradient does not depend
     on the micro-batch size. With ppo_epochs > 1, the old log-probs come from one no-grad pass before
     the first update (so the ratio is exactly 1 at the first update either way). With --kl-beta > 0
-    the KL term scores the completions under `ref` (a frozen copy of the initial policy), or, for a
-    LoRA policy (ref None), under its own base with the adapters switched off (lora.disabled).
+    the KL term scores the completions under `ref` (the frozen policy the run started from,
+    runs.reference_policies), or, for fresh LoRA adapters (ref None), under the policy's own base with
+    the adapters switched off (lora.disabled), which is where they started.
     """
     model = policy.model
     model.train()

@@ -11,6 +11,7 @@ import torch
 import agents
 import lora
 import models
+import runs
 import train
 from cli import InputError
 
@@ -161,6 +162,54 @@ def test_kl_to_the_base_is_zero_before_the_adapters_move(toy_chat_model):
     assert stats["kl"] == 0.0  # B = 0: the policy is its base
     stats = train.grpo_update(pol, opt, batch, train.Args(kl_beta=0.5), "cpu")
     assert stats["kl"] > 0.0  # the first update moved B: the policy left its base
+
+
+@pytest.mark.uses_solutions
+def test_the_kl_reference_of_a_lora_warm_start_is_the_warm_start_on_the_same_base(toy_chat_model, tmp_path):
+    warm = tmp_path / "warm"  # a LoRA warm start: adapters that change the base
+    for role, pol in models.load_policies({r: str(toy_chat_model) for r in agents.ROLES}, "cpu",
+                                          lora.LoRAConfig(rank=2, alpha=4)).items():
+        _randomise_b(pol.model, seed=len(role))
+        lora.save_adapters(pol.model, warm / role, base=str(toy_chat_model))
+        pol.tokenizer.save_pretrained(warm / role)
+    args = train.Args(model=str(warm), lora_rank=2, kl_beta=0.5)
+    policies = runs.load_run_policies(args, "cpu")
+    refs = runs.reference_policies(args, policies, "cpu")
+    pol, ref = policies["extraction"], refs["extraction"]
+    frozen = {id(p) for p in pol.model.parameters() if not p.requires_grad}
+    assert all(id(p) in frozen for n, p in ref.model.named_parameters() if ".lora_" not in n)  # no base copy
+    assert not any(p.requires_grad for p in ref.model.parameters())
+    batch = [([5, 6, 7], [8, 9, pol.eos_id], 1.0), ([5, 6], [10, pol.eos_id], -1.0)]
+    prompts, comps = [b[0] for b in batch], [b[1] for b in batch]
+    with lora.disabled(pol.model):  # the base under the adapters: what the reference was before
+        base_logp, _ = models.completion_logprobs(pol.model, prompts, comps, 1)
+    warm_logp, _ = models.completion_logprobs(pol.model, prompts, comps, 1)
+    assert not torch.allclose(base_logp, warm_logp, atol=1e-3)
+    opt = torch.optim.SGD([p for p in pol.model.parameters() if p.requires_grad], lr=1.0)
+    stats = train.grpo_update(pol, opt, batch, args, "cpu", ref)
+    assert stats["kl"] == 0.0  # the policy is still its warm start
+    stats = train.grpo_update(pol, opt, batch, args, "cpu", ref)
+    assert stats["kl"] > 0.0  # the first update moved it; the reference stayed
+    ref_logp = models.reference_logprobs(pol, ref, prompts, comps, 1.0)
+    assert torch.equal(ref_logp, warm_logp)
+
+
+@pytest.mark.uses_solutions  # the toy warm start fixture trains with completion_logprobs (assignment 3)
+def test_the_kl_reference_of_whole_models_is_model_loaded_again_not_the_trained_policy(toy_warmstart):
+    args = train.Args(model=str(toy_warmstart), lora_rank=0, kl_beta=0.5)
+    policies = runs.load_run_policies(args, "cpu")
+    for pol in runs.unique(policies).values():  # as if trained, or resumed from a later checkpoint
+        with torch.no_grad():
+            for p in pol.model.parameters():
+                p.add_(0.01)
+    refs = runs.reference_policies(args, policies, "cpu")
+    fresh = runs.load_run_policies(args, "cpu")
+    for role in agents.ROLES:
+        got, want = dict(refs[role].model.named_parameters()), dict(fresh[role].model.named_parameters())
+        assert all(torch.equal(got[n], want[n]) for n in want)
+        assert not any(p.requires_grad for p in got.values())
+        assert not torch.equal(next(policies[role].model.parameters()), next(iter(got.values())))
+    assert runs.reference_policies(train.Args(model=str(toy_warmstart), kl_beta=0.0), policies, "cpu") == {}
 
 
 def _lora_run(toy_data, model, out, **kw):
