@@ -194,9 +194,6 @@ def read_config(folder: Path) -> tuple[LoRAConfig, str]:
 def load_adapters(model: nn.Module, folder: Path) -> nn.Module:
     """Put the adapters saved in `folder` on `model` (its frozen base; in place). Every adapted layer
     must be in the file with the shapes of this base: a mismatch is an InputError naming the file."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     cfg, _ = read_config(folder)
     return copy_adapters(add_adapters(model, cfg), folder)
 

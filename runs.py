@@ -14,7 +14,6 @@ Nothing here is CoMAM: train.py holds the algorithm and calls these.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import pickle
