@@ -164,6 +164,13 @@ def model_folder(name: str, role: str) -> Path:
     return path
 
 
+def adapter_folder(name: str, role: str) -> Path | None:
+    """The folder of the LoRA adapters that `name` holds for `role` (a LoRA warm start, a run's
+    checkpoint), or None when it holds a whole model (or names the GGUF SmolLM2)."""
+    folder = None if name == "smollm2" else model_folder(name, role)
+    return folder if folder is not None and lora.is_adapter_folder(folder) else None
+
+
 def load_policy(name: str, role: str = "extraction", device: str = "cpu") -> Policy:
     """The policy for one agent: "tiny" (shipped warm start), "smollm2", or a local model folder
     (a whole model, or LoRA adapters whose adapter_config.json names their base model).
@@ -258,8 +265,8 @@ def load_policies(names: dict[str, str], device: str = "cpu", adapters: lora.LoR
 
     for role in roles:
         name = names[role]
-        folder = None if name == "smollm2" else model_folder(name, role)
-        if folder is not None and lora.is_adapter_folder(folder):  # saved adapters on their base
+        folder = adapter_folder(name, role)
+        if folder is not None:  # saved adapters on their base
             b = base(lora.read_config(folder)[1], role)
             tok = _load_tokenizer(folder) if (folder / "tokenizer_config.json").exists() else b.tokenizer
             out[role] = _ready(Policy(lora.load_adapters(lora.share_frozen(b.model), folder), tok, name))

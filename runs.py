@@ -84,8 +84,8 @@ def resolve_lora_rank(args):
     the rank of the adapters --model already holds, else 0 (full fine-tuning) for the tiny model and
     DEFAULT_LORA_RANK for a chat model. An explicit rank that differs from --model's adapters is an error."""
     name = args.model_extraction or args.model
-    folder = None if name == "smollm2" else models.model_folder(name, agents.ROLES[0])
-    saved = lora.read_config(folder)[0].rank if folder is not None and lora.is_adapter_folder(folder) else None
+    folder = models.adapter_folder(name, agents.ROLES[0])
+    saved = lora.read_config(folder)[0].rank if folder is not None else None
     if args.lora_rank < 0:
         rank = saved if saved is not None else (DEFAULT_LORA_RANK if models.is_chat_model(name) else 0)
         return dataclasses.replace(args, lora_rank=rank)
@@ -211,9 +211,7 @@ def reference_policies(args, policies: dict[str, Policy], device: str) -> dict[s
 def initial_adapters(args, role: str) -> Path | None:
     """The folder of the LoRA adapters a role's policy starts from (--model, or --model-<role>, a LoRA
     warm start), or None when it starts from a whole model."""
-    name = getattr(args, f"model_{role}") or args.model
-    folder = models.model_folder(name, role) if name != "smollm2" else None
-    return folder if folder is not None and lora.is_adapter_folder(folder) else None
+    return models.adapter_folder(getattr(args, f"model_{role}") or args.model, role)
 
 
 def make_optimizers(policies: dict[str, Policy], lr: float) -> dict:
