@@ -139,11 +139,49 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def autocast(device: str):
-    """bf16 autocast on CUDA (weights and optimizer state stay float32); a no-op on CPU (float32 there)."""
-    if str(device).startswith("cuda"):  # "cuda", or "cuda:N" under torchrun
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def cpu_has_bf16() -> bool:
+    """Does this CPU compute bfloat16 matrix products in hardware (AVX-512 BF16 or AMX)? Asks torch's
+    oneDNN backend and, where /proc/cpuinfo exists, the CPU's flags (oneDNN also says yes for plain
+    AVX-512, which has no bf16 arithmetic). Without it a bf16 matmul is emulated, up to 50 times
+    slower than float32 (measured on an AVX2-only CPU: 1.4 against 70 GFLOP/s; docs/speed.md)."""
+    try:
+        onednn = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch build without the query
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:  # not Linux: oneDNN's answer alone
+        return onednn
+    return onednn and ("avx512_bf16" in flags or "amx_bf16" in flags)
+
+
+def resolve_precision(name: str, device: str, tiny: bool = False, flag: str = "--precision") -> str:
+    """auto -> bfloat16 on CUDA, and on a CPU that computes bf16 in hardware (`cpu_has_bf16`), except
+    for the tiny model, which stays float32 on every CPU: its steps are bound by per-operation
+    overhead, not arithmetic, and its printed figures stay the same on every CPU (docs/speed.md).
+    float32 | bfloat16 -> as given; bfloat16 on a CPU without bf16 hardware says once how slow it is."""
+    choice(name, flag, PRECISIONS)
+    cuda = str(device).startswith("cuda")
+    if name == "auto":
+        return "bfloat16" if cuda or (cpu_has_bf16() and not tiny) else "float32"
+    if name == "bfloat16" and not cuda and not cpu_has_bf16():
+        print(f"warning: {flag} bfloat16 on a CPU without bf16 hardware: every matrix product is emulated, "
+              "tens of times slower than float32", file=sys.stderr)
+    return name
+
+
+def autocast(device: str, precision: str | None = None):
+    """The forward passes' precision: bf16 autocast when `precision` is "bfloat16", float32 otherwise.
+    Weights and optimizer state stay float32 either way (a bf16 weight cannot hold an update smaller
+    than 1/256 of itself); log-probs, the loss and the KL are computed in float32 from float32 logits
+    (models.completion_logits). precision None: bf16 on CUDA, float32 on a CPU (the default of a
+    command without --precision)."""
+    cuda = str(device).startswith("cuda")  # "cuda", or "cuda:N" under torchrun
+    bf16 = precision == "bfloat16" or (precision is None and cuda)
+    return torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=bf16)
 
 
 # ======================================================================== what a command may write

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 import agents
+import lora
 import models
 from agents import Budgets, MaxNew
 from models import Policy
@@ -60,8 +61,10 @@ class Trajectory:
 # ======================================================================== one step per agent
 
 def _generate(policy: Policy, prompts, max_new, temperature, generator, progress=None):
-    """(prompt, sampled completion ids, decoded text) per prompt."""
-    comps, _ = models.sample(policy, prompts, max_new, temperature, generator=generator, progress=progress)
+    """(prompt, sampled completion ids, decoded text) per prompt. LoRA adapters are folded into their
+    weights for the call (lora.merged_for_sampling: the same numbers up to float rounding, faster)."""
+    with lora.merged_for_sampling(policy.model):
+        comps, _ = models.sample(policy, prompts, max_new, temperature, generator=generator, progress=progress)
     return [(p, c, models.decode(policy, c)) for p, c in zip(prompts, comps)]
 
 

@@ -40,10 +40,11 @@ from tqdm import tqdm
 import agents
 import comam
 import models
+import sharing
 from agents import Budgets
 from models import Policy
-from cli import (InputError, check, check_seed, choice, command, finite, output_file, positive, read_json,
-                 resolve_device)
+from cli import (PRECISIONS, InputError, autocast, check, check_seed, choice, command, finite, output_file,
+                 positive, read_json, resolve_device, resolve_precision)
 from data.example import QUESTION_TYPES, Example, read_split
 from data.generate import ensure
 from rewards import recall_iou, profile_reward
@@ -79,6 +80,8 @@ class Args:
     """result JSON file (default: next to the policies folder, e.g. runs/X/ckpt-comam-val-s1.json; runs/comam-val-s1.json for tiny)"""
     device: str = "auto"
     """auto | cpu | cuda"""
+    precision: str = "auto"
+    """forward passes: auto (bfloat16 on CUDA and on a CPU with bf16 hardware, except the tiny model) | float32 | bfloat16"""
     scale: float = 0.0
     """multiply every context budget and generation limit; 0 = derive from the tokenizer (tokens per word, printed)"""
 
@@ -208,15 +211,16 @@ def rag_memories(examples: list[Example], embedder: Embedder, top_k: int = TOP_K
 def evaluate(policies: dict[str, Policy], examples: list[Example], budgets: Budgets | None = None,
              max_new: agents.MaxNew | None = None, temperature: float = 0.8, seed: int = 1,
              desc: str = "eval", system: str = "comam", embedder: Embedder | None = None,
-             history: str = "whole") -> dict:
+             history: str = "whole", precision: str | None = None) -> dict:
     """Build the memory of every question (`system`), then answer every question (App. B.1); the
     metrics of the answers (`metrics`).
 
     history "whole" is the deployed setting: memory over the user's whole history. "evidence" is the
     training setting (Sec. 4.2): each question's memory is built from its evidence session alone.
+    precision: the forward passes' (cli.autocast; None = bfloat16 on CUDA, float32 on a CPU).
     """
     trajs, memories, seconds = answer_all(policies, examples, budgets, max_new, temperature, seed, desc, system,
-                                          embedder, history)
+                                          embedder, history, precision)
     return metrics(trajs, memories, policies["retrieval"], seconds)
 
 
@@ -224,8 +228,14 @@ def evaluate(policies: dict[str, Policy], examples: list[Example], budgets: Budg
 def answer_all(policies: dict[str, Policy], examples: list[Example], budgets: Budgets | None = None,
                max_new: agents.MaxNew | None = None, temperature: float = 0.8, seed: int = 1,
                desc: str = "eval", system: str = "comam", embedder: Embedder | None = None,
-               history: str = "whole") -> tuple[list[comam.Trajectory], list[comam.Memory], float]:
+               history: str = "whole", precision: str | None = None) -> tuple[list[comam.Trajectory], list[comam.Memory], float]:
     """The answered trajectories of `evaluate`, the memory each was answered from, and the seconds taken."""
+    device = next(policies["retrieval"].model.parameters()).device
+    with autocast(device.type, precision):
+        return _answer_all(policies, examples, budgets, max_new, temperature, seed, desc, system, embedder, history)
+
+
+def _answer_all(policies, examples, budgets, max_new, temperature, seed, desc, system, embedder, history):
     budgets, max_new = budgets or Budgets(), max_new or agents.MaxNew()
     t0 = time.time()
     gen = torch.Generator().manual_seed(seed)
@@ -449,8 +459,12 @@ def plot_runs(paths: list[str]) -> list[Path]:
 
 
 def load_system(spec: str, device: str) -> dict[str, Policy]:
-    """The three role policies of "tiny", "smollm2", a folder of per-role policies, or one model folder."""
-    return models.load_policies({r: spec for r in agents.ROLES}, device)
+    """The three role policies of "tiny", "smollm2", a folder of per-role policies, or one model folder;
+    each computes a prompt prefix shared by several rows once (sharing.py: the same numbers, faster)."""
+    policies = models.load_policies({r: spec for r in agents.ROLES}, device)
+    for pol in policies.values():
+        pol.sharing = sharing
+    return policies
 
 
 def check_args(args: Args) -> Path | None:
@@ -468,6 +482,7 @@ def check_args(args: Args) -> Path | None:
     check_seed(args.seed)
     check_seed(args.seed + args.samples - 1, "--seed + --samples - 1")
     resolve_device(args.device)
+    choice(args.precision, "--precision", PRECISIONS)
     check(not args.personamem or len(args.personamem.split(",")) == 2,
           f"--personamem takes 'QUESTIONS.csv,CONTEXTS.jsonl' (two files, one comma), got {args.personamem!r}")
     if args.compare or args.plot:
@@ -522,11 +537,13 @@ def main(args: Args) -> dict:
     device = resolve_device(args.device)
     examples = load_examples(args)
     policies = load_system(args.policies, device)
+    precision = resolve_precision(args.precision, device, tiny=models.is_small(policies))
+    print(f"precision: {precision} forward passes (--precision {args.precision})")
     budgets, max_new, scale = agents.fit_limits(policies["extraction"], examples, args.scale)
     print(f"context limits ({'derived: ' if args.scale <= 0 else ''}{scale:.3f} tokens per word): {budgets}, {max_new}")
     res = average([evaluate(policies, examples, budgets, max_new, temperature=args.temperature, seed=args.seed + k,
                             desc=f"eval {args.system} {k + 1}/{args.samples}", system=args.system,
-                            history=args.history) for k in range(args.samples)])
+                            history=args.history, precision=precision) for k in range(args.samples)])
     res["args"] = asdict(args)
     out.write_text(json.dumps(res, indent=2))
     print(f"{args.system}: accuracy {res['accuracy']:.3f} over {res['n']} questions"

@@ -7,8 +7,11 @@ Each chosen linear layer W of the base becomes
 so at step 0 an adapter changes nothing (B = 0), and only A and B are trained: r · (in + out)
 numbers per layer instead of in · out. The three agents of CoMAM are three adapter sets on ONE
 frozen base: `share_frozen` gives each agent its own module tree whose frozen tensors are the base's
-(no copy), and `add_adapters` puts fresh adapters on it. The KL reference of a LoRA policy is its base
-with the adapters switched off (`disabled`): no extra copy of the model.
+(no copy), and `add_adapters` puts fresh adapters on it. The KL reference of a LoRA policy is the
+policy the run started from, at no extra copy of the model: for fresh adapters its base with the
+adapters switched off (`disabled`), for a LoRA warm start the saved adapters again on the same base
+(`copy_adapters`; runs.reference_policies). Sampling (no gradient) folds each adapter into its weight
+for the duration of one call (`merged_for_sampling`): one matrix product per layer instead of three.
 
 Which layers (`TARGETS`, --lora-targets): "all" (default) = the attention projections q, k, v, o and
 the MLP projections gate, up, down of every block; "attention" or "mlp" alone; or a comma list of
@@ -77,8 +80,11 @@ class LoRALinear(nn.Module):
         nn.init.zeros_(self.lora_B.weight)  # B = 0: the adapted model starts equal to the base
         self.scaling = alpha / rank
         self.enabled = True
+        self.merged_weight: torch.Tensor | None = None  # W + (alpha / r) B A, inside merged_for_sampling only
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.merged_weight is not None and self.enabled and not torch.is_grad_enabled():
+            return nn.functional.linear(x, self.merged_weight, self.base.bias)  # (..., out): one product
         out = self.base(x)  # (..., out)
         if not self.enabled:
             return out
@@ -130,6 +136,28 @@ def disabled(model: nn.Module):
     finally:
         for m in layers:
             m.enabled = True
+
+
+@contextlib.contextmanager
+def merged_for_sampling(model: nn.Module):
+    """`with merged_for_sampling(model):` every adapter computes W x + (alpha / r) B A x as ONE product
+    with the merged weight W + (alpha / r) B A (computed on entry from the adapters as they are now,
+    dropped on exit), wherever no gradient is recorded. Decoding one token is bound by the number of
+    operations, not by arithmetic, so this makes sampling faster (docs/speed.md); the result equals the
+    separate products up to float rounding (tested). Not under bf16 autocast: there the merged
+    weight would be rounded to bf16 and lose the adapters' small update, so they stay separate."""
+    layers = list(adapters(model).values())
+    device = next(model.parameters()).device.type
+    if any(m.base.weight.dtype != torch.float32 for m in layers) or torch.is_autocast_enabled(device):
+        layers = []
+    with torch.no_grad():
+        for m in layers:
+            m.merged_weight = m.base.weight + m.delta()  # (out, in)
+    try:
+        yield model
+    finally:
+        for m in layers:
+            m.merged_weight = None
 
 
 def merged(model: nn.Module) -> nn.Module:

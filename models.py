@@ -14,9 +14,10 @@ What a policy can be (`load_policy`):
 from the benchmark's text (`build_tokenizer`). The tiny tokenizer has pad == eos, as many real ones do:
 masks always come from lengths and the EOS token stays inside the completion.
 
-The file reads in four parts: loading; sampling; log-probs; and, last, prompt sharing — an
-optimisation that gives the same numbers with each prompt shared by several rows computed once
-(`Policy.share_prompts`, train.py --share-prompts; tested equal to the plain path in float64).
+The file reads in three parts: loading; sampling; log-probs. Each computes every prompt in full.
+A policy whose `sharing` is set (sharing.py, train.py --share-prompts, on by default) computes each
+prompt prefix that several rows share once instead, with the same numbers (tested in float64): the
+two places where it enters are marked "sharing.py" below.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import json
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
+from types import ModuleType
 
 import torch
 from safetensors import SafetensorError
@@ -49,12 +50,12 @@ TINY_CHECKPOINT = ROOT / "checkpoints" / "tiny-warmstart"
 @dataclass
 class Policy:
     """A causal LM and its tokenizer; `chat` = prompts go through the tokenizer's chat template.
-    `share_prompts`: compute a prompt (prefix) shared by several rows once, in sampling and in the
-    update (the same numbers, faster; the last part of this file)."""
+    `sharing`: None = every prompt computed in full; the module `sharing` = each prompt prefix that
+    several rows share computed once, in sampling and in the update (the same numbers, faster)."""
     model: torch.nn.Module
     tokenizer: object
     name: str = ""
-    share_prompts: bool = True
+    sharing: ModuleType | None = None
 
     @property
     def chat(self) -> bool:
@@ -236,6 +237,15 @@ def is_chat_model(name: str) -> bool:
         return False
 
 
+SMALL_MODEL = 10_000_000  # parameters: below this a step is bound by per-operation overhead, not arithmetic
+
+
+def is_small(policies: dict[str, Policy]) -> bool:
+    """Are all these policies small models (the tiny one: 0.9M parameters), whose steps are bound by
+    per-operation overhead rather than arithmetic? Such models stay float32 on a CPU (cli.resolve_precision)."""
+    return max(sum(p.numel() for p in pol.model.parameters()) for pol in policies.values()) < SMALL_MODEL
+
+
 def enable_checkpointing(model) -> None:
     """Recompute activations in the backward pass (less memory, more compute): transformers >= 5.x
     names it activation checkpointing, earlier versions gradient checkpointing."""
@@ -368,8 +378,8 @@ def sample(policy: Policy, prompts: list[list[int]], max_new_tokens: int, temper
 
     Batched: one forward per new token over `batch_size` prompts (fewer for long prompts of a large
     model: `rows_per_batch`), left-padded with position ids from
-    the attention mask, KV cache (the first forward is `prefill`, or `shared_prefill` when
-    `policy.share_prompts`). temperature 0 = greedy. Each completion ends with its EOS token when one
+    the attention mask, KV cache (the first forward is `prefill`, or `sharing.prefill` when the policy
+    shares prompts). temperature 0 = greedy. Each completion ends with its EOS token when one
     was sampled (kept: it is part of the action), else stops at `max_new_tokens`. Log-probs are
     float32 log-softmax(logits / temperature) at the sampled token (greedy: temperature 1); the update
     does not use them (with one epoch pi_old is the current policy, docs/method.md decision 10), the
@@ -379,7 +389,7 @@ def sample(policy: Policy, prompts: list[list[int]], max_new_tokens: int, temper
     """
     ### BEGIN SOLUTION (assignment 4, extra)
     model, dev = policy.model, next(policy.model.parameters()).device
-    first_forward = shared_prefill if policy.share_prompts else prefill
+    first_forward = policy.sharing.prefill if policy.sharing else prefill  # sharing.py: same numbers, faster
     cache_kw = cache_keyword(model)
     was_training = model.training
     model.eval()
@@ -437,13 +447,15 @@ def completion_logits(model, ids: torch.Tensor, attn: torch.Tensor, where: torch
     those positions only. With a 49k-word vocabulary the head over every position of a batch of
     prompts would cost more memory than the model itself. Models whose head is more than a linear
     layer (logit soft-capping or scaling in the causal-LM forward) take the full forward instead."""
-    if _special_head(model):
+    if special_head(model):
         return model(input_ids=ids, attention_mask=attn, use_cache=False).logits[:, :-1][where]
     hidden = model.base_model(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state  # (B, T, H)
-    return model.get_output_embeddings()(hidden[:, :-1][where])  # (N, V)
+    head = model.get_output_embeddings()
+    with torch.autocast(hidden.device.type, enabled=False):  # the head in its weights' precision (float32),
+        return head(hidden[:, :-1][where].to(head.weight.dtype))  # (N, V)  even under bf16 autocast
 
 
-def _special_head(model) -> bool:
+def special_head(model) -> bool:
     cfg = model.config
     return bool(getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None))
 
@@ -485,9 +497,9 @@ def completion_logprobs(model, prompts: list[list[int]], completions: list[list[
 
 def policy_logprobs(policy: Policy, prompts: list[list[int]], completions: list[list[int]],
                     temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """`completion_logprobs` of the policy's model, through `shared_completion_logprobs` when
-    `policy.share_prompts` (the same numbers)."""
-    logprobs = shared_completion_logprobs if policy.share_prompts else completion_logprobs
+    """`completion_logprobs` of the policy's model, through `sharing.completion_logprobs` when the
+    policy shares prompts (the same numbers)."""
+    logprobs = policy.sharing.completion_logprobs if policy.sharing else completion_logprobs  # sharing.py
     return logprobs(policy.model, prompts, completions, policy.pad_id, temperature)
 
 
@@ -501,155 +513,3 @@ def reference_logprobs(policy: Policy, ref: Policy | None, prompts: list[list[in
         return policy_logprobs(ref, prompts, completions, temperature)[0]
     with lora.disabled(policy.model):
         return policy_logprobs(policy, prompts, completions, temperature)[0]
-
-
-# ======================================================================== prompt sharing: the same numbers, faster
-# The G trajectories of a query all start from the same extraction prompt, and a chat model's prompts
-# all start with the same instruction. Sampling (`shared_prefill`) and the update
-# (`shared_completion_logprobs`) compute such a shared prompt, or common prefix, once and copy its KV
-# cache to the rows that need it, gradients flowing back through the copy. Tests: float64 equality of
-# log-probs and gradients with the plain path above, and equal samples.
-
-MIN_SHARED = 0.25  # share a common prefix only when that skips at least this fraction of the prompt tokens
-
-
-def distinct_rows(prompts: list[list[int]]) -> tuple[list[list[int]], list[int]]:
-    """The distinct prompts, in first-seen order, and for each prompt the index of its distinct one.
-
-    >>> distinct_rows([[5, 6], [5, 6], [7], [5, 6]])
-    ([[5, 6], [7]], [0, 0, 1, 0])
-    """
-    index: dict[tuple, int] = {}
-    owner = [index.setdefault(tuple(p), len(index)) for p in prompts]
-    return [list(p) for p in index], owner
-
-
-def common_prefix(prompts: list[list[int]]) -> int:
-    """Length of the prompts' longest common prefix, capped one token before the shortest one ends
-    (that last token's logits are needed: they score the first new token).
-
-    >>> common_prefix([[1, 2, 3, 4], [1, 2, 3], [1, 2, 9, 9]]), common_prefix([[1, 2], [1, 2]])
-    (2, 1)
-    """
-    n, cap = 0, min(len(p) for p in prompts) - 1
-    while n < cap and all(p[n] == prompts[0][n] for p in prompts):
-        n += 1
-    return n
-
-
-def shared_prefill(model, prompts: list[list[int]], pad_id: int):
-    """`prefill` with each distinct prompt computed once, its cache and logits then copied to its rows;
-    and when the distinct prompts share a long common prefix (a chat model's instruction: MIN_SHARED of
-    their tokens or more), that prefix computed once too, each prompt's remainder computed on a copy of
-    its cache, right-aligned (the padding sits between the prefix and the remainder, masked).
-    Returns what `prefill` returns, for the same rows."""
-    dev = next(model.parameters()).device
-    distinct, owner = distinct_rows(prompts)
-    D, lcp = len(distinct), common_prefix(distinct) if len(distinct) > 1 else 0
-    if lcp and (D - 1) * lcp >= MIN_SHARED * sum(len(p) for p in distinct):
-        head = model(input_ids=torch.tensor([distinct[0][:lcp]], device=dev), use_cache=True, logits_to_keep=1)
-        cache = cache_of(head)
-        cache.reorder_cache(torch.zeros(D, dtype=torch.long, device=dev))  # the prefix, copied to D rows
-        rest, rest_mask = left_pad([p[lcp:] for p in distinct], pad_id)  # (D, Tr)
-        rest, rest_mask = rest.to(dev), rest_mask.to(dev)
-        mask = torch.cat([torch.ones(D, lcp, dtype=torch.long, device=dev), rest_mask], dim=1)  # (D, lcp + Tr)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (D, lcp + Tr)
-        out = model(input_ids=rest, attention_mask=mask, position_ids=pos[:, lcp:], use_cache=True,
-                    logits_to_keep=1, **{cache_keyword(model): cache})
-    else:
-        out, mask, pos = prefill(model, distinct, pad_id)
-    if D < len(prompts):  # copy each distinct prompt's cache, logits, mask to its rows
-        rows = torch.tensor(owner, device=dev)  # (B,)
-        cache_of(out).reorder_cache(rows)
-        out.logits = out.logits[rows]  # (B, 1, V)
-        mask, pos = mask[rows], pos[rows]  # (B, T)
-    return out, mask, pos
-
-
-def prefix_plan(prompts: list[list[int]]) -> tuple[list[list[int]], list[int]] | None:
-    """Which prompt prefix each row of an update batch shares, or None when sharing would not pay.
-
-    Two ways to share, the one that skips more prompt tokens wins: identical prompts (the G rows of one
-    query's extraction agent) share all but their last token; otherwise every row shares the batch's
-    longest common prefix (the instruction of a chat model), capped one token before the shortest
-    prompt ends. The last prompt token always stays in the row's own part: its logits score the first
-    completion token. Returns (prefixes, owner): owner[i] is the index of row i's prefix.
-    Worked example: prompts [5 6 7], [5 6 7], [5 6 8 9] -> identical prompts skip 2 tokens, the common
-    prefix [5 6] skips (3 - 1) x 2 = 4 of 10:
-
-    >>> prefix_plan([[5, 6, 7], [5, 6, 7], [5, 6, 8, 9]])
-    ([[5, 6]], [0, 0, 0])
-    >>> prefix_plan([[5, 6, 7, 8], [5, 6, 7, 8], [9, 6, 7]])   # identical prompts skip 3 of 11
-    ([[5, 6, 7], [9, 6]], [0, 0, 1])
-    """
-    distinct, owner = distinct_rows(prompts)
-    by_group = sum(len(p) - 1 for p in prompts) - sum(len(p) - 1 for p in distinct)
-    lcp = common_prefix(prompts)
-    by_lcp = (len(prompts) - 1) * lcp
-    if max(by_group, by_lcp) < MIN_SHARED * sum(len(p) for p in prompts):
-        return None
-    if by_group >= by_lcp:
-        return [p[:-1] for p in distinct], owner
-    return [prompts[0][:lcp]], [0] * len(prompts)
-
-
-def shared_completion_logprobs(model, prompts: list[list[int]], completions: list[list[int]], pad_id: int,
-                               temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """`completion_logprobs`, with each prompt prefix shared by several rows (`prefix_plan`) forwarded
-    once: it runs `completion_logprobs` itself, on the model seen through the plan (`SharedPrefixLM`).
-    Falls back to the plain path when sharing would not pay, under activation checkpointing (it keeps
-    no cache) and for models with a special head. Returns the same (logp, mask)."""
-    checkpointing = getattr(model, "is_activation_checkpointing", None)
-    checkpointing = checkpointing if checkpointing is not None else getattr(model, "is_gradient_checkpointing", False)
-    plan = prefix_plan(prompts) if not checkpointing and not _special_head(model) else None
-    if plan is None:
-        return completion_logprobs(model, prompts, completions, pad_id, temperature)
-    return completion_logprobs(SharedPrefixLM(model, prompts, completions, pad_id, *plan), prompts, completions,
-                               pad_id, temperature)
-
-
-class SharedPrefixLM(torch.nn.Module):
-    """`model` seen through a prefix plan, for `completion_logits`: its `base_model` gives the hidden
-    states (B, T, H) of the right-padded prompts + completions that the plain path forwards, computed
-    with each shared prefix forwarded once. The D prefixes (left-padded) fill a KV cache that is copied
-    to the B rows (`reorder_cache`, an index_select: gradients flow back to the shared prefix through
-    it); then each row's own part, rest = prompt after its prefix + completion (right-padded), is
-    forwarded on that cache with position ids that continue its prefix, and lands at positions
-    len(prefix) .. of its row. The prefix positions stay zero: no completion token is scored from
-    them (a prefix ends at least one token before its prompt does)."""
-
-    def __init__(self, model, prompts, completions, pad_id: int, prefixes: list[list[int]], owner: list[int]):
-        super().__init__()
-        self.lm = model  # a submodule: parameters() and the device are the model's
-        self.config = model.config
-        self.plan = (prompts, completions, pad_id, prefixes, owner)
-
-    def get_output_embeddings(self):
-        return self.lm.get_output_embeddings()
-
-    def base_model(self, input_ids: torch.Tensor, attention_mask=None, **_):
-        prompts, completions, pad_id, prefixes, owner = self.plan
-        dev, base = input_ids.device, self.lm.base_model
-        ids, mask = left_pad(prefixes, pad_id)  # (D, Tp)
-        ids, mask = ids.to(dev), mask.to(dev)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (D, Tp)
-        cache = cache_of(base(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True))
-        rows = torch.tensor(owner, device=dev)  # (B,)
-        cache.reorder_cache(rows)  # (B, heads, Tp, d) per layer
-        rests = [p[len(prefixes[o]):] + c for p, c, o in zip(prompts, completions, owner)]
-        Tr = max(len(r) for r in rests)
-        rest_ids = torch.full((len(rests), Tr), pad_id, dtype=torch.long)
-        rest_mask = torch.zeros((len(rests), Tr), dtype=torch.long)
-        for i, r in enumerate(rests):
-            rest_ids[i, :len(r)] = torch.tensor(r)
-            rest_mask[i, :len(r)] = 1
-        rest_ids, rest_mask = rest_ids.to(dev), rest_mask.to(dev)
-        start = torch.tensor([len(prefixes[o]) for o in owner], device=dev)  # (B,): each row's prefix length
-        positions = start[:, None] + torch.arange(Tr, device=dev)[None, :]  # (B, Tr)
-        hidden = base(input_ids=rest_ids, attention_mask=torch.cat([mask[rows], rest_mask], dim=1),
-                      position_ids=positions, use_cache=True, **{cache_keyword(base): cache}).last_hidden_state  # (B, Tr, H)
-        real = rest_mask.bool()  # (B, Tr)
-        row_of = torch.arange(len(rests), device=dev)[:, None].expand(-1, Tr)  # (B, Tr)
-        full = hidden.new_zeros(input_ids.shape[0], input_ids.shape[1], hidden.shape[-1])  # (B, T, H)
-        full = full.index_put((row_of[real], positions[real]), hidden[real])
-        return SimpleNamespace(last_hidden_state=full)

@@ -30,8 +30,9 @@ import eval as evaluation
 import lora
 import models
 import rewards
-from cli import (InputError, check, check_seed, choice, finite, output_folder, positive, read_json, recover_folder,
-                 replace_folder, resolve_device)
+import sharing
+from cli import (PRECISIONS, InputError, check, check_seed, choice, finite, output_folder, positive, read_json, recover_folder,
+                 replace_folder, resolve_device, resolve_precision)
 from credit import CREDIT_MODES, VARIANTS
 from data.example import read_split
 from data.generate import ensure
@@ -41,7 +42,7 @@ from models import Policy
 # from, or how it is computed, not what it computes (the loss does not depend on --micro-batch;
 # checkpointing only trades memory for time; shared prompts give the same numbers)
 MAY_CHANGE_ON_RESUME = ("steps", "eval_every", "save_every", "micro_batch", "gradient_checkpointing", "device",
-                        "resume", "out", "share_prompts")
+                        "resume", "out", "share_prompts", "precision")
 
 
 # ======================================================================== flags
@@ -77,6 +78,7 @@ def check_args(args) -> None:
     lora.target_names(args.lora_targets)
     check_seed(args.seed)
     resolve_device(args.device)
+    choice(args.precision, "--precision", PRECISIONS)
 
 
 def resolve_lora_rank(args):
@@ -175,7 +177,7 @@ def load_run_policies(args, device: str, path: Path | None = None) -> dict[str, 
     for pol in unique(policies).values():
         if args.lora_rank == 0 and lora.adapters(pol.model):  # full fine-tuning of a model given as adapters
             pol.model = lora.merged(pol.model)
-        pol.share_prompts = args.share_prompts
+        pol.sharing = sharing if args.share_prompts else None  # sharing.py: the same numbers, faster
         if args.gradient_checkpointing:
             models.enable_checkpointing(pol.model)
     return policies
@@ -200,7 +202,7 @@ def reference_policies(args, policies: dict[str, Policy], device: str) -> dict[s
             saved = initial_adapters(args, role)
             refs[role] = None if saved is None else \
                 Policy(lora.copy_adapters(lora.share_frozen(pol.model), saved).eval().requires_grad_(False),
-                       pol.tokenizer, pol.name, pol.share_prompts)
+                       pol.tokenizer, pol.name, pol.sharing)
         else:
             initial = initial or load_run_policies(args, device)
             refs[role] = initial[role]
@@ -218,6 +220,15 @@ def make_optimizers(policies: dict[str, Policy], lr: float) -> dict:
     """One AdamW per distinct policy, over its trainable parameters (all of them, or its adapters)."""
     return {role: torch.optim.AdamW([p for p in pol.model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
             for role, pol in unique(policies).items()}
+
+
+def with_precision(args, policies: dict[str, Policy], device: str):
+    """`args` with --precision resolved (cli.resolve_precision: auto -> float32 | bfloat16; the tiny
+    model stays float32 on a CPU, models.is_small), and the choice printed."""
+    precision = resolve_precision(args.precision, device, tiny=models.is_small(policies))
+    if distributed.is_writer():
+        print(f"precision: {precision} forward passes (--precision {args.precision}); weights and log-probs float32")
+    return dataclasses.replace(args, precision=precision)
 
 
 # ======================================================================== the run folder, checkpoints, resume
@@ -358,7 +369,8 @@ def validate(policies, val_set, budgets, max_new, args, run: Path, tag: str) -> 
     stream) and rank 0 scores the gathered answers."""
     parts = distributed.gather(evaluation.answer_all(
         policies, evaluation.shard_users(val_set, distributed.rank(), distributed.world()), budgets, max_new,
-        temperature=args.eval_temperature, seed=args.seed, desc=f"eval {tag}", history=args.eval_history))
+        temperature=args.eval_temperature, seed=args.seed, desc=f"eval {tag}", history=args.eval_history,
+        precision=args.precision))
     res = evaluation.metrics([t for p in parts for t in p[0]], [m for p in parts for m in p[1]],
                              policies["retrieval"], max(p[2] for p in parts))
     if distributed.is_writer():

@@ -127,7 +127,9 @@ class Args:
     resume: bool = False
     """continue the run from its last checkpoint (same data order and random state)"""
     device: str = "auto"
-    """auto (CUDA if available, with bf16 autocast) | cpu | cuda"""
+    """auto (CUDA if available) | cpu | cuda"""
+    precision: str = "auto"
+    """forward passes: auto (bfloat16 on CUDA and on a CPU with bf16 hardware, except the tiny model) | float32 | bfloat16; weights, optimizer state and log-probs stay float32"""
     scale: float = 0.0
     """multiply every context budget and generation limit; 0 = derive from the tokenizer (tokens per word, printed)"""
     gradient_checkpointing: bool = False
@@ -157,6 +159,7 @@ def train(args: Args, device: str) -> dict:
     seed_everything(args.seed)
     train_set, val_set = runs.datasets(args)
     run = runs.open_run(args, device)
+    args = runs.with_precision(args, run.policies, device)  # --precision auto -> float32 | bfloat16, printed
     refs = runs.reference_policies(args, run.policies, device)
     budgets, max_new, scale = agents.fit_limits(run.policies["extraction"], train_set, args.scale)
     print(f"context limits ({'derived: ' if args.scale <= 0 else ''}{scale:.3f} tokens per word): {budgets}, {max_new}")
@@ -197,7 +200,7 @@ def train_step(step: int, run: runs.Run, refs: dict, train_set: list[Example], b
     # A1.2-A1.3: G full trajectories per query (Sec. 4.2), each scored by Eqs. 9-12
     for p in unique(policies).values():
         p.model.eval()
-    with autocast(device):
+    with autocast(device, args.precision):
         if experiments.active(args):  # --mislead, --context-sessions, ...: beyond the paper
             groups, extra_log = experiments.rollout(policies, queries, args, budgets, max_new, gen)
         else:
@@ -296,12 +299,14 @@ def grpo_update(policy: Policy, opt: torch.optim.Optimizer, batch: list[tuple[li
     """
     model = policy.model
     model.train()
+    if len(batch) > args.micro_batch:  # micro-batches of similar prompt length pad less (a stable sort:
+        batch = sorted(batch, key=lambda row: len(row[0]))  # the rows of one prompt stay together, shared)
     mbs = [batch[i:i + args.micro_batch] for i in range(0, len(batch), args.micro_batch)]
     # the WHOLE batch's token (or sequence) count, over every process under torchrun
     denom = distributed.all_sum([sum(len(c) for _, c, _ in batch) if args.loss_agg == "token" else len(batch)])[0]
     old = None
     if args.ppo_epochs > 1:
-        with torch.no_grad(), autocast(device):
+        with torch.no_grad(), autocast(device, args.precision):
             old = [models.policy_logprobs(policy, [p for p, _, _ in mb], [c for _, c, _ in mb], args.temperature)[0]
                    for mb in mbs]
     totals = {"loss": 0.0, "clip_frac": 0.0, "kl": 0.0, "tokens": 0.0, "grad_norm": 0.0}
@@ -310,7 +315,7 @@ def grpo_update(policy: Policy, opt: torch.optim.Optimizer, batch: list[tuple[li
         for k, mb in enumerate(mbs):
             prompts, comps = [p for p, _, _ in mb], [c for _, c, _ in mb]
             adv = torch.tensor([a for _, _, a in mb], dtype=torch.float32, device=device)  # (B,)
-            with autocast(device):
+            with autocast(device, args.precision):
                 logp, mask = models.policy_logprobs(policy, prompts, comps, args.temperature)  # (B, T-1) each
                 ref_logp = models.reference_logprobs(policy, ref, prompts, comps, args.temperature) if args.kl_beta > 0 else None
             old_logp = logp.detach() if old is None else old[k]

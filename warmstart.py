@@ -48,9 +48,10 @@ import comam
 import lora
 import models
 import rewards
+import sharing
 from agents import Budgets, MaxNew
-from cli import (autocast, check, check_seed, command, finite, output_folder, positive, replace_folder, resolve_device,
-                 seed_everything)
+from cli import (PRECISIONS, autocast, check, check_seed, choice, command, finite, output_folder, positive,
+                 replace_folder, resolve_device, resolve_precision, seed_everything)
 from data.example import LETTERS, Example, Line, read_split
 from models import Policy
 from data.generate import ensure, vocabulary_texts
@@ -99,7 +100,9 @@ class Args:
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass (less memory) for real models"""
     device: str = "auto"
-    """auto (CUDA if available, with bf16 autocast) | cpu | cuda"""
+    """auto (CUDA if available) | cpu | cuda"""
+    precision: str = "auto"
+    """forward passes: auto (bfloat16 on CUDA and on a CPU with bf16 hardware, except the tiny model) | float32 | bfloat16; weights and the loss stay float32"""
     seed: int = 0
     """random seed (weights, demonstrations)"""
 
@@ -211,7 +214,7 @@ def clone(policy: Policy, examples: list[Example], args: Args, budgets: Budgets,
         demos = [make_demo(role, rngs[role], policy, examples, args, budgets) for _ in range(args.batch_size)]
         prompts = [p for p, _ in demos]
         targets = [tok(t, add_special_tokens=False).input_ids + [policy.eos_id] for _, t in demos]
-        with autocast(device):
+        with autocast(device, args.precision):
             logp, mask = models.policy_logprobs(policy, prompts, targets)  # (B, T-1) each
         loss = -(logp * mask).sum() / mask.sum()
         opt.zero_grad(set_to_none=True)
@@ -221,7 +224,7 @@ def clone(policy: Policy, examples: list[Example], args: Args, budgets: Budgets,
         losses[role].append(loss.item())
         bar.set_postfix(role=role[:4], loss=f"{loss.item():.3f}")
         if probes and args.probe_every and ((step + 1) % args.probe_every == 0 or step + 1 == args.steps):
-            with autocast(device):
+            with autocast(device, args.precision):
                 scores = {r: probe(r, policy, probes, budgets, max_new) for r in agents.ROLES}
             policy.model.train()
             tqdm.write(f"step {step + 1}: greedy scores on {len(probes)} validation questions " +
@@ -251,6 +254,7 @@ def check_args(args: Args) -> Path:
     lora.target_names(args.lora_targets)
     check_seed(args.seed)
     resolve_device(args.device)
+    choice(args.precision, "--precision", PRECISIONS)
     if args.out:
         out = Path(args.out)
     elif args.model == "tiny" and not args.init_from:
@@ -300,7 +304,11 @@ def main(args: Args) -> dict:
     folder = ensure(args.data, ("train",), args.train_users)
     train = read_split(folder, "train")
     policy, rank = start_policy(args, train, device)
+    policy.sharing = sharing  # a prompt prefix shared by several rows computed once (the same numbers)
     args = args.defaults_for(tiny=not policy.chat, lora_rank=rank)
+    args = replace(args, precision=resolve_precision(args.precision, device,
+                                                     tiny=models.is_small({"policy": policy})))
+    print(f"precision: {args.precision} forward passes; weights and the loss float32")
     if args.gradient_checkpointing:
         models.enable_checkpointing(policy.model)
     budgets, max_new, scale = agents.fit_limits(policy, train)

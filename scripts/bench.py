@@ -26,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository's modules
 
 import models  # noqa: E402
+import sharing  # noqa: E402
 import train  # noqa: E402
 from cli import check, command, positive  # noqa: E402
 
@@ -70,7 +71,7 @@ def run(args: Args, share: bool) -> dict:
     words = [f"w{k}" for k in range(1000)]
     tok = models.build_tokenizer([" ".join(words)])
     policy = models.Policy(models.build_tiny(tok, hidden=args.d, layers=args.layers, heads=4, seed=args.seed), tok,
-                           share_prompts=share)
+                           sharing=sharing if share else None)
     opt = torch.optim.AdamW(policy.model.parameters(), lr=1e-5)
     word_ids = torch.tensor(tok.convert_tokens_to_ids(words))
     gen = torch.Generator().manual_seed(args.seed)
@@ -85,7 +86,7 @@ def run(args: Args, share: bool) -> dict:
     six_digits = lambda x: float(f"{x:.6g}")  # significant digits: toy steps take milliseconds
     return {"params": sum(p.numel() for p in policy.model.parameters()), "step_s": six_digits(med),
             "sample_s": six_digits(statistics.median(s for s, _ in later)),
-            "update_s": six_digits(statistics.median(u for _, u in later)), "tokens_per_s": round(tokens / med, 1)}
+            "update_s": six_digits(statistics.median(u for _, u in later)), "tokens_per_s": six_digits(tokens / med)}
 
 
 def main(args: Args) -> dict:

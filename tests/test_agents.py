@@ -8,6 +8,7 @@ import torch
 
 import agents
 import models
+import sharing
 from agents import Budgets
 from data.example import Line
 
@@ -217,6 +218,11 @@ SHARED_BATCHES = {
     "common prefix": ([[3, 4, 5, 6, 7, 8, 30], [3, 4, 5, 6, 7, 8, 31, 32], [3, 4, 5, 6, 7, 8, 33, 34, 35]],
                       [[40, 1], [41, 42, 43], [44]]),
 }
+# both levels at once: a common head (computed once for the whole call), under it two groups of
+# identical prompts of different lengths (each computed once for its rows) and two single rows
+GROUPS_UNDER_A_HEAD = ([[3, 4, 5, 6, 7, 8, 9, 30, 31]] * 3 + [[3, 4, 5, 6, 7, 8, 9, 32]] * 2
+                       + [[3, 4, 5, 6, 7, 8, 9, 33, 34, 35], [3, 4, 5, 6, 7, 8, 9, 36]],
+                       [[40, 1], [41, 42, 43], [44], [45, 46, 1], [47], [48, 49], [1]])
 
 
 @pytest.mark.assignment3
@@ -225,18 +231,31 @@ def test_shared_prompt_log_probs_and_gradients_equal_the_plain_path(case, toy_to
     """float64 on CPU: the shared-prefix update computes the same per-token log-probs, and the same
     gradients, as one forward per row. (transformers' RMSNorm computes in float32 even in a float64
     model; it is replaced here by the same formula in float64, so that both paths agree to 1e-12.)"""
+    _shared_equals_plain(*SHARED_BATCHES[case], toy_tokenizer, monkeypatch)
+
+
+def test_a_head_and_groups_under_it_are_each_computed_once_with_the_same_numbers(toy_tokenizer, monkeypatch):
+    """sharing.py's two levels together (the extraction call of a chat model): the head once for the
+    call, each group's prompt once under it; log-probs and gradients equal the plain path's (float64)."""
+    prompts, _ = GROUPS_UNDER_A_HEAD
+    prefixes, owner = sharing.prefix_plan(prompts)
+    assert prefixes == [prompts[0][:-1], prompts[3][:-1]] and owner == [0, 0, 0, 1, 1, 1, 1]
+    assert sharing.head_pays(prefixes, sharing.common_prefix(prefixes))  # the prefixes' head: once too
+    _shared_equals_plain(*GROUPS_UNDER_A_HEAD, toy_tokenizer, monkeypatch)
+
+
+def _shared_equals_plain(prompts, comps, toy_tokenizer, monkeypatch):
     import transformers.models.qwen2.modeling_qwen2 as qwen2
 
     def rms_norm_float64(self, h):
         return self.weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
     monkeypatch.setattr(qwen2.Qwen2RMSNorm, "forward", rms_norm_float64)
-    prompts, comps = SHARED_BATCHES[case]
-    assert models.prefix_plan(prompts) is not None  # the batch is shared
+    assert sharing.prefix_plan(prompts) is not None  # the batch is shared
     pol = _double_policy(toy_tokenizer)
     results = []
     for share in (False, True):
         pol.model.zero_grad()
-        logprobs = models.shared_completion_logprobs if share else models.completion_logprobs
+        logprobs = sharing.completion_logprobs if share else models.completion_logprobs
         logp, mask = logprobs(pol.model, prompts, comps, pol.pad_id, 0.7)
         (logp * torch.arange(1, logp.shape[1] + 1, dtype=logp.dtype)).sum().backward()  # weights differ per token
         results.append((logp.detach(), mask, [p.grad.clone() for p in pol.model.parameters()]))
@@ -257,9 +276,9 @@ def test_shared_prompt_sampling_equals_the_plain_sampler(case, toy_policy):
     else:
         instruction = list(range(20, 44))
         prompts = [instruction + [50]] * 2 + [instruction + [51, 52, 53]] + [instruction + [54, 55]]
-        assert models.common_prefix(models.distinct_rows(prompts)[0]) == len(instruction)
+        assert sharing.common_prefix(sharing.distinct_rows(prompts)[0]) == len(instruction)
     for temperature in (0.0, 1.0):
-        runs = [models.sample(dataclasses.replace(toy_policy, share_prompts=share), prompts, 6, temperature,
+        runs = [models.sample(dataclasses.replace(toy_policy, sharing=sharing if share else None), prompts, 6, temperature,
                               generator=torch.Generator().manual_seed(2)) for share in (False, True)]
         assert runs[0][0] == runs[1][0]
         for x, y in zip(runs[0][1], runs[1][1]):

@@ -24,12 +24,12 @@ def test_bench_reports_both_paths(capsys):
 
 @pytest.mark.uses_solutions
 def test_bench_common_prefix_makes_distinct_prompts_that_share_it(monkeypatch, capsys):
-    seen, real = [], bench.models.common_prefix
+    seen, real = [], bench.sharing.common_prefix
 
-    def recording_common_prefix(prompts):
-        seen.append(real(prompts))
+    def recording_common_prefix(prompts, keep_last=True):
+        seen.append(real(prompts, keep_last))
         return seen[-1]
-    monkeypatch.setattr(bench.models, "common_prefix", recording_common_prefix)
+    monkeypatch.setattr(bench.sharing, "common_prefix", recording_common_prefix)
     bench.main(bench.Args(d=32, layers=1, prompts=3, G=1, prompt_len=12, completion_len=3, steps=2, common_prefix=8))
     assert seen and min(seen) >= 8  # the sampler's and the update's prefix plans see the shared 8 tokens
     with pytest.raises(InputError, match="--common-prefix"):

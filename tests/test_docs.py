@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 MODULES = ["agents", "cli", "comam", "credit", "eval", "experiments", "lora", "models", "rewards", "runs", "train",
            "warmstart", "data.example", "data.generate", "data.personamem"]
-CODE_MODULES = "agents|cli|comam|credit|eval|experiments|lora|models|rewards|runs|train|warmstart"
+CODE_MODULES = "agents|cli|comam|credit|eval|experiments|lora|models|rewards|sharing|runs|train|warmstart"
 SOURCES = sorted(p for p in ROOT.rglob("*.py") if "tests" not in p.parts and ".venv" not in str(p)
                  and not any(part.startswith(".") for part in p.relative_to(ROOT).parts))
 
@@ -75,7 +75,7 @@ def _resolve(name: str):
 def test_method_notes_point_at_functions_that_exist():
     """Every `module.function` named in docs/method.md exists."""
     text = (ROOT / "docs" / "method.md").read_text()
-    names = set(re.findall(rf"`((?:{CODE_MODULES})(?:\.(?!py\b)[A-Za-z_]+)+)", text))
+    names = set(re.findall(rf"`((?:{CODE_MODULES})(?:\.(?!py\b)[A-Za-z_][A-Za-z0-9_]*)+)", text))
     assert len(names) > 30
     for name in names:
         assert _resolve(name) is not None, name
@@ -92,7 +92,7 @@ def test_the_paper_map_has_a_row_for_every_equation_and_part_of_algorithm_1():
     wanted = [f"Eq. {n}" for n in range(1, 17)] + [f"A1.{n}" for n in range(1, 7)]
     assert [w for w in wanted if w not in rows] == []
     for key in wanted:
-        named = re.findall(rf"`((?:{CODE_MODULES})(?:\.[A-Za-z_]+)+)", rows[key])
+        named = re.findall(rf"`((?:{CODE_MODULES})(?:\.[A-Za-z_][A-Za-z0-9_]*)+)", rows[key])
         assert named, (key, rows[key])
         for name in named:
             assert callable(_resolve(name)), (key, name)

@@ -76,6 +76,33 @@ def test_merging_gives_the_adapted_models_logits_float64(toy_tokenizer):
 
 
 @pytest.mark.uses_solutions
+def test_sampling_with_merged_adapters_gives_the_adapted_models_samples(toy_tokenizer):
+    """lora.merged_for_sampling: one product with W + (alpha/r) B A gives the separate products' logits
+    up to float rounding, the same greedy and seeded samples, and is dropped on exit; under gradient
+    recording (the update) the adapters stay separate, so gradients still reach them."""
+    model = lora.add_adapters(_model(toy_tokenizer), lora.LoRAConfig(rank=4, alpha=8))
+    _randomise_b(model)
+    policy = models.Policy(model, toy_tokenizer)
+    with torch.no_grad():
+        separate = model(IDS).logits
+    with lora.merged_for_sampling(model):
+        assert all(m.merged_weight is not None for m in lora.adapters(model).values())
+        with torch.no_grad():
+            merged_logits = model(IDS).logits
+        model(IDS).logits.sum().backward()  # gradients recorded: the separate path
+        assert all(m.lora_B.weight.grad is not None for m in lora.adapters(model).values())
+        samples = [models.sample(policy, IDS.tolist(), 5, t, generator=torch.Generator().manual_seed(3))
+                   for t in (0.0, 1.0)]
+    assert all(m.merged_weight is None for m in lora.adapters(model).values())
+    with lora.disabled(model), torch.no_grad():  # the adapters matter: without them the logits differ
+        assert not torch.allclose(model(IDS).logits, separate, atol=1e-3)
+    assert torch.allclose(merged_logits, separate, atol=1e-5)
+    for t, (ids, logps) in zip((0.0, 1.0), samples):
+        ref_ids, ref_logps = models.sample(policy, IDS.tolist(), 5, t, generator=torch.Generator().manual_seed(3))
+        assert ids == ref_ids
+        assert torch.allclose(torch.tensor(logps), torch.tensor(ref_logps), atol=1e-4)
+
+
 def test_disabled_adapters_give_the_reference_policys_log_probs(toy_tokenizer):
     base = _model(toy_tokenizer)
     model = lora.add_adapters(copy.deepcopy(base), lora.LoRAConfig(rank=4, alpha=8))

@@ -192,6 +192,25 @@ def test_update_does_not_depend_on_micro_batch_size(toy_tokenizer, agg):
             f"(max |difference| {(a - b).abs().max().item():.2e})")
 
 
+def test_micro_batches_group_rows_of_similar_prompt_length(toy_policy, monkeypatch):
+    """A batch larger than --micro-batch is split after a stable sort by prompt length (less padding),
+    so the rows of one prompt stay together (their prefix is shared); one micro-batch keeps its order."""
+    seen, real = [], models.policy_logprobs
+
+    def recording(policy, prompts, completions, temperature=1.0):
+        seen.append([len(p) for p in prompts])
+        return real(policy, prompts, completions, temperature)
+    monkeypatch.setattr(models, "policy_logprobs", recording)
+    lengths = [9, 3, 9, 5, 3, 7]
+    batch = [(list(range(5, 5 + n)), [20, 1], 1.0) for n in lengths]
+    opt = torch.optim.SGD(toy_policy.model.parameters(), lr=0.0)
+    train.grpo_update(toy_policy, opt, batch, Args(micro_batch=2), "cpu")
+    assert seen == [[3, 3], [5, 7], [9, 9]]
+    seen.clear()
+    train.grpo_update(toy_policy, opt, batch, Args(micro_batch=6), "cpu")
+    assert seen == [lengths]
+
+
 @pytest.mark.assignment3
 def test_non_finite_loss_stops_the_step_with_a_clear_message(toy_policy):
     batch = _batch(toy_policy)
