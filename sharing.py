@@ -150,15 +150,53 @@ def completion_logprobs(model, prompts: list[list[int]], completions: list[list[
                                       completions, pad_id, temperature)
 
 
+MIN_BUCKET_SAVING = 0.25, 512  # split the rows only when that saves this share of the tokens, and this many
+
+
+def rest_buckets(rest_lengths: list[int], owner: list[int], prefix_lengths: list[int]) -> list[list[int]]:
+    """The rows of an update batch in buckets of similar length, each forwarded on its own: rows whose
+    own part (rest) is short then do not pad to the longest one. A bucket computes again the prefixes
+    its rows share, so the split is the one that forwards the fewest tokens (an exact search over the
+    rows sorted by rest length: sum over buckets of rows x longest rest + their prefixes' tokens), and
+    is taken only when it saves MIN_BUCKET_SAVING of the tokens; otherwise one bucket.
+    Worked example: rests of 10, 10, 200, 200 tokens on one 50-token prefix: one bucket forwards
+    4 x 200 + 50 = 850, two forward 2 x 10 + 50 + 2 x 200 + 50 = 520 (but 330 < 512 tokens saved):
+
+    >>> rest_buckets([10, 200, 10, 200], [0, 0, 0, 0], [50])
+    [[0, 1, 2, 3]]
+    >>> rest_buckets([10, 900, 10, 900] * 2, [0] * 8, [50])
+    [[0, 2, 4, 6], [1, 3, 5, 7]]
+    """
+    order = sorted(range(len(rest_lengths)), key=lambda i: rest_lengths[i])
+
+    def cost(a: int, b: int) -> int:  # rows order[a:b] in one bucket (the longest rest is the last one)
+        rows = order[a:b]
+        return len(rows) * rest_lengths[rows[-1]] + sum(prefix_lengths[o] for o in {owner[i] for i in rows})
+
+    n = len(order)
+    best, cut = [0] + [None] * n, [0] * (n + 1)
+    for b in range(1, n + 1):
+        best[b], cut[b] = min((best[a] + cost(a, b), a) for a in range(b))
+    one = cost(0, n)
+    if one - best[n] < max(MIN_BUCKET_SAVING[0] * one, MIN_BUCKET_SAVING[1]):
+        return [list(range(n))]
+    buckets, b = [], n
+    while b > 0:
+        buckets.append(sorted(order[cut[b]:b]))
+        b = cut[b]
+    return buckets[::-1]
+
+
 class SharedPrefixLM(torch.nn.Module):
     """`model` seen through a prefix plan, for `models.completion_logits`: its `base_model` gives the
     hidden states (B, T, H) of the right-padded prompts + completions that the plain path forwards,
-    computed with each shared prefix forwarded once. The D prefixes fill a KV cache (`prefix_cache`,
-    their common head once) that is copied to the B rows (`reorder_cache`, an index_select: gradients
-    flow back to the shared prefix through it); then each row's own part, rest = prompt after its
-    prefix + completion (right-padded), is forwarded on that cache with position ids that continue its
-    prefix, and lands at positions len(prefix) .. of its row. The prefix positions stay zero: no
-    completion token is scored from them (a prefix ends at least one token before its prompt does)."""
+    computed with each shared prefix forwarded once. For each bucket of rows of similar length
+    (`rest_buckets`; usually one), the prefixes its rows share fill a KV cache (`prefix_cache`, their
+    common head once) that is copied to the rows (`reorder_cache`, an index_select: gradients flow
+    back to the shared prefix through it); then each row's own part, rest = prompt after its prefix +
+    completion (right-padded), is forwarded on that cache with position ids that continue its prefix,
+    and lands at positions len(prefix) .. of its row. The prefix positions stay zero: no completion
+    token is scored from them (a prefix ends at least one token before its prompt does)."""
 
     def __init__(self, model, prompts, completions, pad_id: int, prefixes: list[list[int]], owner: list[int]):
         super().__init__()
@@ -171,25 +209,34 @@ class SharedPrefixLM(torch.nn.Module):
 
     def base_model(self, input_ids: torch.Tensor, attention_mask=None, **_):
         prompts, completions, pad_id, prefixes, owner = self.plan
-        dev, base = input_ids.device, self.lm.base_model
-        out, mask, _ = prefix_cache(base, prefixes, pad_id)  # mask (D, Tp)
-        cache = cache_of(out)
-        rows = torch.tensor(owner, device=dev)  # (B,)
-        cache.reorder_cache(rows)  # (B, heads, Tp, d) per layer
         rests = [p[len(prefixes[o]):] + c for p, c, o in zip(prompts, completions, owner)]
-        Tr = max(len(r) for r in rests)
-        rest_ids = torch.full((len(rests), Tr), pad_id, dtype=torch.long)
-        rest_mask = torch.zeros((len(rests), Tr), dtype=torch.long)
-        for i, r in enumerate(rests):
-            rest_ids[i, :len(r)] = torch.tensor(r)
-            rest_mask[i, :len(r)] = 1
-        rest_ids, rest_mask = rest_ids.to(dev), rest_mask.to(dev)
-        start = torch.tensor([len(prefixes[o]) for o in owner], device=dev)  # (B,): each row's prefix length
-        positions = start[:, None] + torch.arange(Tr, device=dev)[None, :]  # (B, Tr)
-        hidden = base(input_ids=rest_ids, attention_mask=torch.cat([mask[rows], rest_mask], dim=1),
-                      position_ids=positions, use_cache=True, **{cache_keyword(base): cache}).last_hidden_state  # (B, Tr, H)
-        real = rest_mask.bool()  # (B, Tr)
-        row_of = torch.arange(len(rests), device=dev)[:, None].expand(-1, Tr)  # (B, Tr)
-        full = hidden.new_zeros(input_ids.shape[0], input_ids.shape[1], hidden.shape[-1])  # (B, T, H)
-        full = full.index_put((row_of[real], positions[real]), hidden[real])
+        full = None  # (B, T, H), filled bucket by bucket
+        for rows in rest_buckets([len(r) for r in rests], owner, [len(p) for p in prefixes]):
+            hidden, at = self.forward_rows(rows, rests, prefixes, owner, pad_id, input_ids.device)  # (N, H)
+            if full is None:
+                full = hidden.new_zeros(input_ids.shape[0], input_ids.shape[1], hidden.shape[-1])
+            full = full.index_put(at, hidden)
         return SimpleNamespace(last_hidden_state=full)
+
+    def forward_rows(self, rows: list[int], rests, prefixes, owner, pad_id: int, dev):
+        """Hidden states (N, H) of the real rest tokens of `rows`, and their (row, position) indices."""
+        base = self.lm.base_model
+        used = sorted({owner[i] for i in rows})  # the prefixes these rows share
+        out, mask, _ = prefix_cache(base, [prefixes[o] for o in used], pad_id)  # mask (D, Tp)
+        cache = cache_of(out)
+        local = torch.tensor([used.index(owner[i]) for i in rows], device=dev)  # (R,)
+        cache.reorder_cache(local)  # (R, heads, Tp, d) per layer
+        Tr = max(len(rests[i]) for i in rows)
+        rest_ids = torch.full((len(rows), Tr), pad_id, dtype=torch.long)
+        rest_mask = torch.zeros((len(rows), Tr), dtype=torch.long)
+        for k, i in enumerate(rows):
+            rest_ids[k, :len(rests[i])] = torch.tensor(rests[i])
+            rest_mask[k, :len(rests[i])] = 1
+        rest_ids, rest_mask = rest_ids.to(dev), rest_mask.to(dev)
+        start = torch.tensor([len(prefixes[owner[i]]) for i in rows], device=dev)  # (R,): each row's prefix length
+        positions = start[:, None] + torch.arange(Tr, device=dev)[None, :]  # (R, Tr)
+        hidden = base(input_ids=rest_ids, attention_mask=torch.cat([mask[local], rest_mask], dim=1),
+                      position_ids=positions, use_cache=True, **{cache_keyword(base): cache}).last_hidden_state  # (R, Tr, H)
+        real = rest_mask.bool()  # (R, Tr)
+        row_of = torch.tensor(rows, device=dev)[:, None].expand(-1, Tr)  # (R, Tr): the batch row of each token
+        return hidden[real], (row_of[real], positions[real])

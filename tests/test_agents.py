@@ -234,14 +234,25 @@ def test_shared_prompt_log_probs_and_gradients_equal_the_plain_path(case, toy_to
     _shared_equals_plain(*SHARED_BATCHES[case], toy_tokenizer, monkeypatch)
 
 
-def test_a_head_and_groups_under_it_are_each_computed_once_with_the_same_numbers(toy_tokenizer, monkeypatch):
+@pytest.mark.parametrize("buckets", [1, "by length"])
+def test_a_head_and_groups_under_it_are_each_computed_once_with_the_same_numbers(buckets, toy_tokenizer,
+                                                                                 monkeypatch):
     """sharing.py's two levels together (the extraction call of a chat model): the head once for the
-    call, each group's prompt once under it; log-probs and gradients equal the plain path's (float64)."""
-    prompts, _ = GROUPS_UNDER_A_HEAD
+    call, each group's prompt once under it; and rows split into buckets of similar length (each
+    computing its prefixes again). Log-probs and gradients equal the plain path's (float64)."""
+    prompts, comps = GROUPS_UNDER_A_HEAD
+    if buckets == "by length":  # the two single rows write long completions
+        comps = comps[:5] + [[48] * 9 + [49], [50] * 9 + [1]]
     prefixes, owner = sharing.prefix_plan(prompts)
     assert prefixes == [prompts[0][:-1], prompts[3][:-1]] and owner == [0, 0, 0, 1, 1, 1, 1]
     assert sharing.head_pays(prefixes, sharing.common_prefix(prefixes))  # the prefixes' head: once too
-    _shared_equals_plain(*GROUPS_UNDER_A_HEAD, toy_tokenizer, monkeypatch)
+    rests = [len(p) - len(prefixes[o]) + len(c) for p, c, o in zip(prompts, comps, owner)]
+    if buckets == "by length":  # any saving splits: the long rows [5 6] from the others
+        monkeypatch.setattr(sharing, "MIN_BUCKET_SAVING", (0.0, 0))
+        assert sharing.rest_buckets(rests, owner, [len(p) for p in prefixes]) == [[0, 1, 2, 3, 4], [5, 6]]
+    else:
+        assert sharing.rest_buckets(rests, owner, [len(p) for p in prefixes]) == [list(range(len(prompts)))]
+    _shared_equals_plain(prompts, comps, toy_tokenizer, monkeypatch)
 
 
 def _shared_equals_plain(prompts, comps, toy_tokenizer, monkeypatch):
