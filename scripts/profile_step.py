@@ -4,6 +4,7 @@
     python scripts/profile_step.py --queries 2 --group-size 8 --context-sessions 8 --kl-beta 0.05
     python scripts/profile_step.py --model tiny --queries 8 --group-size 8
     python scripts/profile_step.py --configs float32:plain,float32:full,bfloat16:full
+    python scripts/profile_step.py --configs float32:full --decode-steps 12   # + LoRA merged vs separate
 
 One step is exactly what train.py's `train_step` does (rollout -> rewards -> credit -> update), on the
 same queries with the same sampling seed in every configuration. A configuration is
@@ -72,6 +73,8 @@ class Args:
     """run one untimed step first (the first forward of a process pays one-off costs)"""
     seed: int = 1
     """as train.py --seed"""
+    decode_steps: int = 0
+    """also time this many decoding steps of all Q x G retrieval prompts, LoRA adapters merged into their weights and separate (0 = no)"""
     out: str = ""
     """write the results as JSON here (empty: print only)"""
 
@@ -247,6 +250,40 @@ def run_config(args: Args, precision: str, share: str, train_set) -> dict:
     return {"precision": precision, "sharing": share, "step_s": round(step_s, 2), "phases": table, **result}
 
 
+@torch.no_grad()
+def decode_seconds(policy, prompts: list[list[int]], steps: int, merge: bool) -> float:
+    """Median seconds of one greedy decoding step over `prompts` (after their prefill), with the LoRA
+    adapters folded into their weights (lora.merged_for_sampling, as sampling does) or separate."""
+    policy.model.eval()
+    with (lora.merged_for_sampling(policy.model) if merge else contextlib.nullcontext()):
+        out, mask, pos = sharing.prefill(policy.model, prompts, policy.pad_id)
+        tok, nxt, times = out.logits[:, -1].argmax(-1, keepdim=True), pos[:, -1:] + 1, []
+        for _ in range(steps):
+            mask = torch.cat([mask, torch.ones_like(tok)], dim=1)
+            t0 = time.perf_counter()
+            out = policy.model(input_ids=tok, attention_mask=mask, position_ids=nxt, use_cache=True,
+                               **{models.cache_keyword(policy.model): models.cache_of(out)})
+            times.append(time.perf_counter() - t0)
+            tok, nxt = out.logits[:, -1].argmax(-1, keepdim=True), nxt + 1
+    return sorted(times)[len(times) // 2]
+
+
+def decode_bench(args: Args, train_set) -> dict:
+    """decode_seconds of the retrieval agent on this step's Q x G retrieval prompts (memory = the
+    evidence session), separate and merged adapters, alternated twice."""
+    policies = runs.load_run_policies(runs.resolve_lora_rank(train.Args(model=args.model, lora_rank=-1)), "cpu")
+    pol = policies["retrieval"]
+    budgets, _, _ = agents.fit_limits(pol, train_set, 0.0)
+    queries = train.batch_at(train_set, args.step, args.queries, args.seed)
+    prompts = [agents.retrieval_prompt(pol, ex.session_lines(ex.evidence_session), [], ex.question, ex.options,
+                                       budgets)[0] for ex in queries for _ in range(args.group_size)]
+    runs_ = {"separate": [], "merged": []}
+    for _ in range(2):
+        for name in runs_:
+            runs_[name].append(round(decode_seconds(pol, prompts, args.decode_steps, name == "merged"), 4))
+    return {"rows": len(prompts), "prompt_tokens": sum(map(len, prompts)), **runs_}
+
+
 def markdown(results: list[dict], peaks: dict) -> str:
     lines = [f"matmul peak at the model's shapes: float32 {peaks['float32']:.0f} GFLOP/s, "
              f"bfloat16 {peaks['bfloat16']:.0f} GFLOP/s", "",
@@ -274,6 +311,11 @@ def main(args: Args) -> dict:
     out = {"args": asdict(args), "torch": torch.__version__, "threads": torch.get_num_threads(),
            "bf16_supported": cpu_has_bf16(), "matmul_peak_gflop_per_s": peaks, "results": results}
     print(markdown(results, peaks))
+    if args.decode_steps:
+        out["decode_step_s"] = decode_bench(args, train_set)
+        print(f"one decoding step of {out['decode_step_s']['rows']} retrieval rows (median of {args.decode_steps}, "
+              f"two runs each): adapters separate {out['decode_step_s']['separate']} s, "
+              f"merged {out['decode_step_s']['merged']} s")
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=2))
     return out
