@@ -173,6 +173,16 @@ def resolve_precision(name: str, device: str, tiny: bool = False, flag: str = "-
     return name
 
 
+def autocast_enabled(device_type: str) -> bool:
+    """Is autocast on for this device type ("cpu", "cuda"; any other type: False)?"""
+    if device_type not in ("cpu", "cuda"):
+        return False
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 asks per device type
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+
+
 def autocast(device: str, precision: str | None = None):
     """The forward passes' precision: bf16 autocast when `precision` is "bfloat16", float32 otherwise.
     Weights and optimizer state stay float32 either way (a bf16 weight cannot hold an update smaller

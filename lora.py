@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cli import InputError
+from cli import InputError, autocast_enabled
 
 TARGETS = {"attention": ("q_proj", "k_proj", "v_proj", "o_proj"),
            "mlp": ("gate_proj", "up_proj", "down_proj")}
@@ -148,7 +148,7 @@ def merged_for_sampling(model: nn.Module):
     weight would be rounded to bf16 and lose the adapters' small update, so they stay separate."""
     layers = list(adapters(model).values())
     device = next(model.parameters()).device.type
-    if any(m.base.weight.dtype != torch.float32 for m in layers) or torch.is_autocast_enabled(device):
+    if any(m.base.weight.dtype != torch.float32 for m in layers) or autocast_enabled(device):
         layers = []
     with torch.no_grad():
         for m in layers:

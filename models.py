@@ -35,7 +35,7 @@ from safetensors import SafetensorError
 
 import lora
 from agents import PROMPT_WORDS, ROLES, TAGS, split_words
-from cli import InputError
+from cli import InputError, autocast_enabled
 
 try:  # transformers' own progress bars (loading / writing every checkpoint) would drown the training log
     from transformers.utils import logging as _hf_logging
@@ -450,9 +450,11 @@ def completion_logits(model, ids: torch.Tensor, attn: torch.Tensor, where: torch
     if special_head(model):
         return model(input_ids=ids, attention_mask=attn, use_cache=False).logits[:, :-1][where]
     hidden = model.base_model(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state  # (B, T, H)
-    head = model.get_output_embeddings()
-    with torch.autocast(hidden.device.type, enabled=False):  # the head in its weights' precision (float32),
-        return head(hidden[:, :-1][where].to(head.weight.dtype))  # (N, V)  even under bf16 autocast
+    head, hidden = model.get_output_embeddings(), hidden[:, :-1][where]  # (N, H)
+    if autocast_enabled(hidden.device.type):  # under bf16 autocast the head still runs in its weights'
+        with torch.autocast(hidden.device.type, enabled=False):  # precision (float32): float32 log-probs
+            return head(hidden.to(head.weight.dtype))  # (N, V)
+    return head(hidden)  # (N, V)
 
 
 def special_head(model) -> bool:

@@ -44,6 +44,9 @@ def test_bf16_log_probs_are_float32_and_close_to_float32_ones(toy_policy):
     with autocast("cpu", "bfloat16"):
         logp16, mask16 = models.completion_logprobs(toy_policy.model, PROMPTS, COMPLETIONS, toy_policy.pad_id, 0.7)
     assert logp16.dtype == torch.float32 and torch.equal(mask16, mask32)
+    ids = torch.tensor([[5, 6, 7, 20, 21]])
+    with autocast("cpu", "bfloat16"):  # the head's product itself is float32, not a bf16 one cast up
+        assert models.completion_logits(toy_policy.model, ids, torch.ones_like(ids), ids[:, 1:] > 0).dtype == torch.float32
     assert (logp16 - logp32).abs().max() < 0.05
     assert not torch.equal(logp16, logp32)
 
