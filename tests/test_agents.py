@@ -234,6 +234,7 @@ def test_shared_prompt_log_probs_and_gradients_equal_the_plain_path(case, toy_to
     _shared_equals_plain(*SHARED_BATCHES[case], toy_tokenizer, monkeypatch)
 
 
+@pytest.mark.uses_solutions
 @pytest.mark.parametrize("buckets", [1, "by length"])
 def test_a_head_and_groups_under_it_are_each_computed_once_with_the_same_numbers(buckets, toy_tokenizer,
                                                                                  monkeypatch):

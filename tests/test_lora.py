@@ -103,6 +103,7 @@ def test_sampling_with_merged_adapters_gives_the_adapted_models_samples(toy_toke
         assert torch.allclose(torch.tensor(logps), torch.tensor(ref_logps), atol=1e-4)
 
 
+@pytest.mark.uses_solutions
 def test_disabled_adapters_give_the_reference_policys_log_probs(toy_tokenizer):
     base = _model(toy_tokenizer)
     model = lora.add_adapters(copy.deepcopy(base), lora.LoRAConfig(rank=4, alpha=8))

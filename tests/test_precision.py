@@ -36,6 +36,7 @@ def test_forcing_bf16_on_a_cpu_without_it_warns_once(monkeypatch, capsys):
     assert "emulated" in capsys.readouterr().err
 
 
+@pytest.mark.uses_solutions
 def test_bf16_log_probs_are_float32_and_close_to_float32_ones(toy_policy):
     """The head runs in float32 on the bf16 body's hidden states (models.completion_logits): log-probs
     are float32 tensors, within bf16 rounding of the float32 path (|diff| < 0.05 nats per token on this
@@ -51,6 +52,7 @@ def test_bf16_log_probs_are_float32_and_close_to_float32_ones(toy_policy):
     assert not torch.equal(logp16, logp32)
 
 
+@pytest.mark.uses_solutions
 def test_bf16_sampling_keeps_float32_log_probs_and_valid_ids(toy_policy):
     with autocast("cpu", "bfloat16"):
         ids, logps = models.sample(toy_policy, PROMPTS, 6, 1.0, generator=torch.Generator().manual_seed(0))
@@ -59,6 +61,7 @@ def test_bf16_sampling_keeps_float32_log_probs_and_valid_ids(toy_policy):
     assert all(isinstance(x, float) and x <= 0 for row in logps for x in row)
 
 
+@pytest.mark.uses_solutions
 @pytest.mark.parametrize("use_lora", [False, True])
 def test_one_bf16_update_keeps_weights_adapters_and_adamw_state_float32(toy_policy, use_lora):
     """One grpo_update under --precision bfloat16: the loss is finite, the trained weights move, and

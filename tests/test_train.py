@@ -192,6 +192,7 @@ def test_update_does_not_depend_on_micro_batch_size(toy_tokenizer, agg):
             f"(max |difference| {(a - b).abs().max().item():.2e})")
 
 
+@pytest.mark.uses_solutions
 def test_micro_batches_group_rows_of_similar_prompt_length(toy_policy, monkeypatch):
     """A batch larger than --micro-batch is split after a stable sort by prompt length (less padding),
     so the rows of one prompt stay together (their prefix is shared); one micro-batch keeps its order."""
