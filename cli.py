@@ -185,8 +185,7 @@ class FolderLock:
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            self.file.seek(0)
-            holder = self.file.read().strip() or "another process"
+            holder = lock_holder(self.file)
             self.file.close()
             self.made_parent = False
             raise InputError(f"{folder} is in use by {holder}: one process writes a run at a time; "
@@ -204,6 +203,24 @@ class FolderLock:
             self.file.close()
             if self.made_parent and not any(self.path.parent.iterdir()):
                 self.path.parent.rmdir()
+
+
+def lock_holder(file) -> str:
+    """The process that holds the lock on `file`: read from the kernel's table (/proc/locks, Linux),
+    where the pid is the holder's whatever the file says; elsewhere the pid the holder wrote into it."""
+    inode = os.fstat(file.fileno())
+    try:
+        with open("/proc/locks") as locks:
+            for line in locks:
+                parts = line.split()
+                if len(parts) > 5 and parts[1] == "FLOCK" and parts[5].rsplit(":", 1)[-1] == str(inode.st_ino) \
+                        and int(parts[5].split(":")[0], 16) == os.major(inode.st_dev) \
+                        and int(parts[5].split(":")[1], 16) == os.minor(inode.st_dev) and int(parts[4]) != os.getpid():
+                    return f"process {parts[4]}"
+    except (OSError, ValueError, IndexError):
+        pass
+    file.seek(0)
+    return file.read().strip() or "another process"
 
 
 COMPLETE = ".complete"  # written last into a folder that replace_folder has finished

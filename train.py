@@ -143,7 +143,8 @@ def main(args: Args) -> dict:
     device = distributed.setup(resolve_device(args.device))  # under torchrun: this rank's device
     check(args.queries % distributed.world() == 0, f"--queries {args.queries} must be a multiple of the "
           f"number of processes ({distributed.world()}): each process takes an equal share of the queries")
-    lock = FolderLock(runs.run_folder(args)) if distributed.is_writer() else None  # one process writes a run
+    # one process writes a run; a symlink is resolved first, so that a folder has one lock by any name
+    lock = FolderLock(runs.run_folder(args).resolve()) if distributed.is_writer() else None
     try:
         return train(runs.resolve_lora_rank(runs.resumed_args(args)), device)
     finally:

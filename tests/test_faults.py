@@ -355,3 +355,60 @@ def test_generate_overwrite_refuses_a_folder_of_the_users(tmp_path, capsys):
     fails(capsys, lambda: generate.main(["--out", str(mine), "--overwrite", "--train-users", "2"]),
           f"--out {mine}: exists and is not a benchmark folder")
     assert snapshot(mine) == before
+
+
+# ================================================================ issue 34: nothing lost, second round
+
+# ---------------------------------------------------------------- a run folder is ours only when it proves it
+
+def test_a_folder_with_an_args_json_but_no_marker_is_not_taken_for_a_run(toy_data, tmp_path, capsys):
+    run = tmp_path / "runs" / "comam-s5"
+    (run / "ckpt.tmp").mkdir(parents=True)
+    (run / "args.json").write_text("{}")
+    (run / "log.jsonl").write_text("mine")
+    (run / "eval.jsonl").write_text("mine too")
+    (run / "ckpt.tmp" / ".complete").write_text("")  # a crash-recovery rename must not touch it either
+    before = snapshot(run)
+    for extra in ({}, {"resume": True}):
+        fails(capsys, lambda: command(train.main, train.Args, "", _args(toy_data, tmp_path / "runs", **extra)),
+              f"--out {run}: exists and is not a run folder of train.py (no .comam-run marker)")
+        assert snapshot(run) == before and not (run / "ckpt").exists()
+
+
+@pytest.mark.uses_solutions
+def test_a_renamed_run_resumes_under_its_new_name_and_keeps_its_identity(finished_run, toy_data, tmp_path):
+    run = _copy_run(finished_run, tmp_path)
+    marker = json.loads((run / ".comam-run").read_text())
+    assert marker["made_by"] == "train.py" and marker["exp_name"] == "comam" and marker["seed"] == 5
+    renamed = run.with_name("renamed-s5")
+    run.rename(renamed)
+    command(train.main, train.Args, "", _args(toy_data, tmp_path / "runs", steps=3, resume=True, exp_name="renamed"))
+    assert [json.loads(l)["step"] for l in (renamed / "log.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert json.loads((renamed / ".comam-run").read_text())["id"] == marker["id"]
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "a/b", "/abs/run", "..", "", "bad\udcffname", "a\\b"])
+def test_exp_name_is_a_name_not_a_path(name, toy_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    line = fails(capsys, lambda: command(train.main, train.Args, "", _args(toy_data, tmp_path / "out" / "runs",
+                                                                           exp_name=name)), "--exp-name")
+    assert ("not UTF-8" if "\udcff" in name else "is a name, not a path") in line
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["out"]  # nothing written, inside --out or out of it
+
+
+def test_a_symlinked_run_folder_shares_the_lock_of_its_real_folder(toy_data, tmp_path):
+    real = tmp_path / "runs" / "comam-s5"
+    holder = _hold_lock(real)
+    (tmp_path / "runs" / "alias-s5").symlink_to(real, target_is_directory=True)
+    (tmp_path / "runs" / "comam-s5.lock").write_text("process 1")  # the file says one thing, the kernel another
+    try:
+        r = subprocess.run([sys.executable, str(ROOT / "train.py")] + _args(toy_data, tmp_path / "runs",
+                                                                            exp_name="alias"),
+                           capture_output=True, text=True, cwd=tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"error: {real} is in use by process {holder.pid}: one process writes a run at a time; wait for it to end, "
+        "or give another --exp-name / --seed"], r.stderr
