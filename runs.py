@@ -36,8 +36,8 @@ import eval as evaluation
 import lora
 import models
 import rewards
-from cli import (InputError, check, check_seed, choice, finite, output_folder, positive, read_json, recover_folder,
-                 replace_folder, resolve_device)
+from cli import (COMPLETE, InputError, check, check_seed, choice, finite, output_folder, positive, read_json,
+                 read_lines, recover_folder, replace_folder, resolve_device)
 from credit import CREDIT_MODES, VARIANTS
 from data.example import read_split
 from data.generate import ensure
@@ -248,6 +248,25 @@ def check_checkpoint_policy(args, role: str, folder: Path, state: Path) -> None:
                           f"the run's flags ({state}) give")
 
 
+def check_checkpoint(ckpt: Path) -> None:
+    """eval.py --policies on a run's checkpoint: its policies checked against the run's flags in state.json
+    (as on --resume), so that an edited adapter config is an error rather than another model."""
+    from types import SimpleNamespace
+    state = Path(ckpt) / "state.json"
+    saved = read_json(state).get("args") if isinstance(read_json(state), dict) else None
+    check(isinstance(saved, dict), f"{state}: field 'args' must be an object; the checkpoint state is damaged")
+    fields = {"lora_rank": 0, "lora_alpha": 32.0, "lora_targets": "all", "shared_policy": False, "model": "tiny",
+              **{f"model_{r}": "" for r in agents.ROLES}}
+    args = SimpleNamespace(**{k: saved.get(k, v) for k, v in fields.items()})
+    try:
+        for role in (agents.ROLES[:1] if args.shared_policy else agents.ROLES):
+            check_checkpoint_policy(args, role, Path(ckpt) / role, state)
+    except InputError:
+        raise
+    except (TypeError, ValueError, AttributeError) as e:
+        raise InputError(f"{state}: the run's saved flags are damaged ({type(e).__name__}: {e})") from None
+
+
 def reference_policies(args, policies: dict[str, Policy], device: str) -> dict[str, Policy | None]:
     """The frozen reference of each trained policy for the KL term (Eq. 8): the policy the run started
     from, --model, at every step and after a resume too (not the checkpoint it resumed from).
@@ -383,18 +402,13 @@ def save_checkpoint(run: Run, step: int, args) -> None:
         replace_folder(run.folder / "ckpt", write)
     except (OSError, SafetensorError, RuntimeError) as e:  # a full disk, a file-size limit
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        shutil.rmtree(run.folder / "ckpt.tmp", ignore_errors=True)  # the part written: room back
+        if not (run.folder / "ckpt.tmp" / COMPLETE).exists():  # the part written (recover_folder ignores it): room back
+            shutil.rmtree(run.folder / "ckpt.tmp", ignore_errors=True)
         then = "the previous checkpoint is intact: make room and continue with --resume" if previous else \
             "there is no earlier checkpoint: make room and start the run again"
         raise InputError(f"{run.folder / 'ckpt'}: the checkpoint of step {step} could not be written ({first}); "
                          f"{then}") from None
-    for path in (run.folder / "ckpt").rglob("*"):  # as any file the user writes (some writers use 0600 temp files)
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~_UMASK)
     distributed.barrier()
-
-
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 
 def lora_base(args, role: str) -> str:
@@ -428,13 +442,15 @@ def truncate_log(path: Path, step: int) -> None:
     dropped; any other line that does not parse is an InputError naming it."""
     if not path.exists():
         return
-    lines, kept = path.read_text().splitlines(), []
-    for k, line in enumerate(lines, 1):
+    lines, kept = read_lines(path), []
+    for k, line in lines:
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             check(k == len(lines), f"{path}:{k}: not valid JSON; the log is damaged")
             continue
+        check(isinstance(row, dict) and isinstance(row.get("step", 0), int),
+              f"{path}:{k}: not a log row (an object with a whole 'step'); the log is damaged")
         if row.get("step", 0) <= step:
             kept.append(line)
     path.write_text("".join(l + "\n" for l in kept))
@@ -466,11 +482,12 @@ SETTING = {"whole": "deployed: memory over the whole history",
 def logged_evaluation(run: Path, tag: str) -> dict | None:
     """An evaluation this run logged before it was interrupted (the warm start's, on --resume)."""
     path = run / "eval.jsonl"
-    for k, line in enumerate(path.read_text().splitlines() if path.exists() else [], 1):
+    for k, line in read_lines(path) if path.exists() else []:
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             raise InputError(f"{path}:{k}: not valid JSON; the evaluation log is damaged") from None
+        check(isinstance(row, dict), f"{path}:{k}: not an evaluation row (an object); the evaluation log is damaged")
         if row.get("tag") == tag:
             return {k: v for k, v in row.items() if k != "tag"}
     return None
