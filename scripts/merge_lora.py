@@ -37,8 +37,10 @@ def main(args: Args) -> list[Path]:
     written = []
     try:
         replace_folder(out, lambda tmp: written.extend(models.export_merged(args.src, tmp)))
-    except (OSError, SafetensorError, RuntimeError) as e:  # a full disk, a file-size limit
-        shutil.rmtree(out.with_name(out.name + ".tmp"), ignore_errors=True)  # what was written: room back
+    except BaseException as e:  # a bad --src, a full disk, Ctrl-C: what was written goes, room back
+        shutil.rmtree(out.with_name(out.name + ".tmp"), ignore_errors=True)
+        if not isinstance(e, (OSError, SafetensorError, RuntimeError)):
+            raise
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise InputError(f"--out {out}: the merged models could not be written ({first}); nothing was left "
                          "behind: make room and run it again") from None
