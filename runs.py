@@ -360,13 +360,14 @@ def open_run(args, device: str) -> Run:
     if writer:
         check(os.access(run, os.W_OK) and all(os.access(p, os.W_OK) for p in run.iterdir() if p.is_file()),
               f"{run}: the run folder (or a file in it) is not writable; nothing was changed")
-        write_marker(run, args)
-        truncate_log(run / "log.jsonl", start)
-        (run / "args.json").write_text(json.dumps(asdict(args), indent=2))  # the flags in use from now on
+        # the one append first: a folder that refuses it has had nothing else changed
         with open(run / "resumes.jsonl", "a") as f:
             f.write(json.dumps({"at_step": start, "steps": args.steps, "eval_every": args.eval_every,
                                 "save_every": args.save_every, "micro_batch": args.micro_batch,
                                 "device": args.device, "processes": distributed.world()}) + "\n")
+        write_marker(run, args)
+        truncate_log(run / "log.jsonl", start)
+        (run / "args.json").write_text(json.dumps(asdict(args), indent=2))  # the flags in use from now on
         print(f"resuming {run} at step {start}")
     return Run(run, policies, opts, start, state.get("planned_steps", state.get("args", {}).get("steps", args.steps)),
                base_ids(args, policies))

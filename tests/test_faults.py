@@ -701,3 +701,45 @@ def test_make_assignment_checks_every_marker_before_writing_anything(tmp_path, m
     assert make_assignment.main([str(tmp_path / "student")]) == 2
     assert capsys.readouterr().err.strip() == "error: z:2: BEGIN SOLUTION without its END SOLUTION"
     assert not (tmp_path / "student").exists() or not any((tmp_path / "student").iterdir())
+
+
+# ---------------------------------------------------------------- right line, right cause
+
+@pytest.mark.uses_solutions
+def test_a_refused_resume_has_changed_nothing(finished_run, toy_data, tmp_path, capsys):
+    run = _copy_run(finished_run, tmp_path)
+    (run / "resumes.jsonl").mkdir()  # a folder that cannot take the resume's record (as a read-only one)
+    before = snapshot(run)
+    fails(capsys, lambda: command(train.main, train.Args, "", _args(toy_data, tmp_path / "runs", steps=3, resume=True)),
+          f"{run / 'resumes.jsonl'}: Is a directory")
+    assert snapshot(run) == before
+
+
+def test_a_first_checkpoint_that_fails_does_not_claim_a_previous_one(toy_data, tmp_path, capsys, monkeypatch):
+    from safetensors import SafetensorError
+
+    def full(*a, **k):
+        raise SafetensorError("Error while serializing: IoError(No space left on device)")
+    monkeypatch.setattr("transformers.PreTrainedModel.save_pretrained", full)
+    line = fails(capsys, lambda: command(train.main, train.Args, "", _args(toy_data, tmp_path / "runs", steps=1)),
+                 "the checkpoint of step 1 could not be written", "there is no earlier checkpoint")
+    assert "intact" not in line and not (tmp_path / "runs" / "comam-s5" / "ckpt.tmp").exists()
+
+
+@pytest.mark.parametrize("cmd", ["eval", "warmstart"])
+def test_ctrl_c_in_eval_and_warmstart_says_what_was_left(cmd, toy_data, tmp_path, capsys, monkeypatch):
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    if cmd == "eval":
+        monkeypatch.setattr(evaluation, "evaluate", interrupted)
+        argv = ["--data", str(toy_data), "--users", "1", "--out", str(tmp_path / "r.json")]
+        main, cls, want = evaluation.main, evaluation.Args, f"interrupted: no result was written ({tmp_path / 'r.json'}"
+    else:
+        monkeypatch.setattr(warmstart, "clone", interrupted)
+        argv = ["--data", str(toy_data), "--steps", "1", "--hidden", "16", "--layers", "1", "--out", str(tmp_path / "ws")]
+        main, cls, want = warmstart.main, warmstart.Args, f"interrupted: nothing was written to {tmp_path / 'ws'}"
+    with pytest.raises(SystemExit) as e:
+        command(main, cls, "", argv)
+    err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    assert e.value.code == 130 and err[-1].startswith(want), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
