@@ -197,7 +197,7 @@ def test_a_torchrun_job_beside_a_run_on_the_same_folder_is_one_line_per_rank(toy
     assert holder.stdout.readline().strip() == "locked"
     try:
         r = subprocess.run(TORCHRUN + [str(ROOT / "train.py")] + _run_args(toy_data, toy_warmstart, tmp_path / "runs"),
-                           env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+                           env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=600)
     finally:
         holder.kill()
         holder.wait()
