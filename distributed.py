@@ -27,6 +27,8 @@ that a rank that times out (or loses its peer) names the rank that stopped answe
 from __future__ import annotations
 
 import os
+import threading
+import time
 from datetime import timedelta
 
 import torch
@@ -52,7 +54,21 @@ def setup(device: str) -> str:
         torch.cuda.set_device(local)
         device = f"cuda:{local}"
     dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", timeout=timedelta(seconds=TIMEOUT_S))
+    threading.Thread(target=_heartbeat, daemon=True).start()
     return device
+
+
+HEARTBEAT_S = 2.0  # a rank notes the time this often; a stopped process (SIGSTOP, a debugger) stops noting it
+
+
+def _heartbeat() -> None:
+    store, me = _store(), rank()
+    while store is not None and dist.is_initialized():
+        try:
+            store.set(f"comam/alive/{me}", repr(time.time()))
+        except Exception:  # the store is gone: the job is ending
+            return
+        time.sleep(HEARTBEAT_S)
 
 
 def teardown() -> None:
@@ -92,8 +108,14 @@ def _lost(name: str, error: Exception, store) -> str:
             entered, last = store.get(key).decode().split(" ", 1) if store.check([key]) else ("0", "none")
         except Exception:  # the store itself is gone: nothing more to say
             entered, last = str(_entered), name
-        if r != rank() and int(entered) < _entered:
-            behind.append(f"rank {r} (still at collective {entered}, {last})")
+        try:
+            alive = float(store.get(f"comam/alive/{r}").decode()) if store.check([f"comam/alive/{r}"]) else None
+        except Exception:
+            alive = None
+        quiet = alive is not None and time.time() - alive > 5 * HEARTBEAT_S
+        if r != rank() and (int(entered) < _entered or quiet):
+            behind.append(f"rank {r} (at collective {entered}, {last}" +
+                          (f"; no sign of life for {time.time() - alive:.0f} s)" if quiet else ")"))
     first = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
     who = ("it waited for " + ", ".join(behind) + ", which stopped answering (stopped, hung or dead)") if behind \
         else f"another rank stopped or died ({first})"
