@@ -211,7 +211,7 @@ def load_run_policies(args, device: str, path: Path | None = None) -> dict[str, 
     if path is not None:
         names = {role: str(path / (agents.ROLES[0] if args.shared_policy else role)) for role in agents.ROLES}
         for role in (agents.ROLES[:1] if args.shared_policy else agents.ROLES):
-            check_checkpoint_policy(args, role, path / role, path / "state.json")
+            evaluation.check_checkpoint_policy(args, role, path / role, path / "state.json")
     else:
         names = {role: getattr(args, f"model_{role}") or args.model for role in agents.ROLES}
     adapters = None
@@ -230,41 +230,6 @@ def load_run_policies(args, device: str, path: Path | None = None) -> dict[str, 
         if args.gradient_checkpointing:
             models.enable_checkpointing(pol.model)
     return policies
-
-
-def check_checkpoint_policy(args, role: str, folder: Path, state: Path) -> None:
-    """A role's policy in a run's checkpoint is what the run's flags say it trains: LoRA adapters (with
-    --lora-rank > 0) of the rank, alpha and targets the run started with, or a whole model (--lora-rank 0)."""
-    held = lora.is_adapter_folder(folder)
-    what = "LoRA adapters" if held else "a whole model"
-    check(held == (args.lora_rank > 0) or not (held or (folder / "config.json").exists()),
-          f"{state}: args.lora_rank is {args.lora_rank}, but {folder} holds {what}; the run's saved flags were "
-          "edited or are damaged")
-    if held:
-        saved = initial_adapters(args, role)
-        expected = lora.read_config(saved)[0] if saved is not None else \
-            lora.LoRAConfig(args.lora_rank, args.lora_alpha, lora.target_names(args.lora_targets))
-        lora.check_config(folder, expected, f"the adapters the run started from ({saved}) have" if saved else
-                          f"the run's flags ({state}) give")
-
-
-def check_checkpoint(ckpt: Path) -> None:
-    """eval.py --policies on a run's checkpoint: its policies checked against the run's flags in state.json
-    (as on --resume), so that an edited adapter config is an error rather than another model."""
-    from types import SimpleNamespace
-    state = Path(ckpt) / "state.json"
-    saved = read_json(state).get("args") if isinstance(read_json(state), dict) else None
-    check(isinstance(saved, dict), f"{state}: field 'args' must be an object; the checkpoint state is damaged")
-    fields = {"lora_rank": 0, "lora_alpha": 32.0, "lora_targets": "all", "shared_policy": False, "model": "tiny",
-              **{f"model_{r}": "" for r in agents.ROLES}}
-    args = SimpleNamespace(**{k: saved.get(k, v) for k, v in fields.items()})
-    try:
-        for role in (agents.ROLES[:1] if args.shared_policy else agents.ROLES):
-            check_checkpoint_policy(args, role, Path(ckpt) / role, state)
-    except InputError:
-        raise
-    except (TypeError, ValueError, AttributeError) as e:
-        raise InputError(f"{state}: the run's saved flags are damaged ({type(e).__name__}: {e})") from None
 
 
 def reference_policies(args, policies: dict[str, Policy], device: str) -> dict[str, Policy | None]:
