@@ -51,7 +51,8 @@ def handled(fn: Callable[[], object]):
             raise
         print(f"error: {e.filename}: {e.strerror or e}", file=sys.stderr)
     except (Interrupted, KeyboardInterrupt) as e:
-        print(f"\ninterrupted: {e or 'nothing was written after the last completed step'}", file=sys.stderr)
+        print(f"\ninterrupted: {str(e) or 'stopped before the end (files are written whole: none is half-written)'}",
+              file=sys.stderr)
         raise SystemExit(130) from None
     raise SystemExit(2)
 
@@ -89,6 +90,20 @@ def read_json(path: Path) -> dict:
         return json.loads(Path(path).read_text(encoding="utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise InputError(f"{path}: not valid JSON ({type(e).__name__}: {str(e)[:80]}); the file is damaged") from None
+
+
+def read_lines(path: Path) -> list[tuple[int, str]]:
+    """(line number, text) of each line of a text file the project wrote (a log), read line by line: a
+    line that is not UTF-8 is an InputError naming the file and the line."""
+    out = []
+    with open(path, "rb") as f:
+        for k, raw in enumerate(f, 1):
+            try:
+                out.append((k, raw.decode("utf-8-sig" if k == 1 else "utf-8").rstrip("\r\n")))
+            except UnicodeDecodeError as e:
+                raise InputError(f"{path}:{k}: not UTF-8 text ({e.reason} at byte {e.start}); the file is damaged") \
+                    from None
+    return out
 
 
 def field_docs(cls) -> dict[str, str]:
@@ -233,8 +248,7 @@ class FolderLock:
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            self.file.seek(0)
-            holder = self.file.read().strip() or "another process"
+            holder = lock_holder(self.file)
             self.file.close()
             self.made_parent = False
             raise InputError(f"{folder} is in use by {holder}: one process writes a run at a time; "
@@ -254,6 +268,26 @@ class FolderLock:
                 self.path.parent.rmdir()
 
 
+def lock_holder(file) -> str:
+    """The process that holds the lock on `file`: read from the kernel's table (/proc/locks, Linux),
+    where the pid is the holder's whatever the file says; elsewhere the pid the holder wrote into it."""
+    inode = os.fstat(file.fileno())
+    try:
+        with open("/proc/locks") as locks:
+            for line in locks:
+                parts = line.split()
+                if len(parts) > 5 and parts[1] == "FLOCK" and parts[5].rsplit(":", 1)[-1] == str(inode.st_ino) \
+                        and int(parts[5].split(":")[0], 16) == os.major(inode.st_dev) \
+                        and int(parts[5].split(":")[1], 16) == os.minor(inode.st_dev) and int(parts[4]) != os.getpid():
+                    return f"process {parts[4]}"
+    except (OSError, ValueError, IndexError):
+        pass
+    file.seek(0)
+    return file.read().strip() or "another process"
+
+
+UMASK = os.umask(0o022)  # read (umask can only be read by setting it) and put back
+os.umask(UMASK)
 COMPLETE = ".complete"  # written last into a folder that replace_folder has finished
 
 
@@ -266,6 +300,8 @@ def replace_folder(final: Path, write: Callable[[Path], None]) -> None:
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     write(tmp)
+    for path in tmp.rglob("*"):  # the modes of any file the user writes (safetensors writes 0600)
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~UMASK)
     (tmp / COMPLETE).touch()
     if final.exists():
         final.rename(old)

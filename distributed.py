@@ -18,14 +18,25 @@ DDP would need a wrapper per policy, no_sync() around every micro-batch but the 
 unused parameters; the hand-written sum is six lines and does the same arithmetic.
 Rank 0 is the one writer (run folder, logs, checkpoints, summary, lock). Backend: nccl on CUDA, gloo
 on CPU. Without torchrun (no WORLD_SIZE in the environment) nothing here does anything: world size 1.
+
+No hang: every collective waits at most COMAM_DIST_TIMEOUT_S seconds (default 600) for the other ranks.
+Before each one a rank notes in the job's key-value store how many collectives it has entered, so
+that a rank that times out (or loses its peer) names the rank that stopped answering, in one line
+(an InputError), instead of a backend traceback after torch's 30-minute default.
 """
 from __future__ import annotations
 
 import os
+import threading
+import time
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+from cli import InputError
+
+TIMEOUT_S = float(os.environ.get("COMAM_DIST_TIMEOUT_S", "600"))
 
 
 def launched() -> bool:
@@ -42,13 +53,74 @@ def setup(device: str) -> str:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
         device = f"cuda:{local}"
-    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", timeout=timedelta(minutes=30))
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", timeout=timedelta(seconds=TIMEOUT_S))
+    threading.Thread(target=_heartbeat, daemon=True).start()
     return device
+
+
+HEARTBEAT_S = 2.0  # a rank notes the time this often; a stopped process (SIGSTOP, a debugger) stops noting it
+
+
+def _heartbeat() -> None:
+    store, me = _store(), rank()
+    while store is not None and dist.is_initialized():
+        try:
+            store.set(f"comam/alive/{me}", repr(time.time()))
+        except Exception:  # the store is gone: the job is ending
+            return
+        time.sleep(HEARTBEAT_S)
 
 
 def teardown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+_entered = 0  # collectives this rank has entered
+
+
+def _store():
+    try:  # the job's key-value store (torchrun's agent holds it): private in torch, hence the guard
+        return dist.distributed_c10d._get_default_store()
+    except (AttributeError, RuntimeError, ValueError):
+        return None
+
+
+def collective(name: str, fn):
+    """fn(), a collective, with this rank's progress noted first; a timeout or a lost peer is one line
+    naming the rank(s) that did not reach it."""
+    global _entered
+    _entered += 1
+    store = _store()
+    if store is not None:
+        store.set(f"comam/entered/{rank()}", f"{_entered} {name}")
+    try:
+        return fn()
+    except RuntimeError as e:  # DistBackendError (a timeout, a closed connection) is a RuntimeError
+        raise InputError(_lost(name, e, store)) from None
+
+
+def _lost(name: str, error: Exception, store) -> str:
+    behind = []
+    for r in range(world()):
+        key = f"comam/entered/{r}"
+        try:
+            entered, last = store.get(key).decode().split(" ", 1) if store.check([key]) else ("0", "none")
+        except Exception:  # the store itself is gone: nothing more to say
+            entered, last = str(_entered), name
+        try:
+            alive = float(store.get(f"comam/alive/{r}").decode()) if store.check([f"comam/alive/{r}"]) else None
+        except Exception:
+            alive = None
+        quiet = alive is not None and time.time() - alive > 5 * HEARTBEAT_S
+        if r != rank() and (int(entered) < _entered or quiet):
+            behind.append(f"rank {r} (at collective {entered}, {last}" +
+                          (f"; no sign of life for {time.time() - alive:.0f} s)" if quiet else ")"))
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+    who = ("it waited for " + ", ".join(behind) + ", which stopped answering (stopped, hung or dead)") if behind \
+        else f"another rank stopped or died ({first})"
+    return (f"rank {rank()}: no answer within {TIMEOUT_S:g} s in collective {_entered} ({name}): {who}; the job "
+            "stops here, the last checkpoint is intact (--resume continues it); COMAM_DIST_TIMEOUT_S sets the wait")
 
 
 def rank() -> int:
@@ -83,7 +155,7 @@ def all_sum(values: list[float]) -> list[float]:
         return list(values)
     dev = "cuda" if dist.get_backend() == "nccl" else "cpu"
     t = torch.tensor(values, dtype=torch.float64, device=dev)
-    dist.all_reduce(t)
+    collective("all_sum", lambda: dist.all_reduce(t))
     return t.tolist()
 
 
@@ -92,7 +164,7 @@ def all_max(value: float) -> float:
         return value
     dev = "cuda" if dist.get_backend() == "nccl" else "cpu"
     t = torch.tensor([value], dtype=torch.float64, device=dev)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    collective("all_max", lambda: dist.all_reduce(t, op=dist.ReduceOp.MAX))
     return t.item()
 
 
@@ -103,7 +175,7 @@ def sum_gradients(params: list[torch.Tensor]) -> None:
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = torch.cat([g.reshape(-1) for g in grads])  # (sum of numel,)
-    dist.all_reduce(flat)
+    collective("sum_gradients", lambda: dist.all_reduce(flat))
     offset = 0
     for p in params:
         n = p.numel()
@@ -116,10 +188,10 @@ def gather(obj) -> list:
     if not dist.is_initialized():
         return [obj]
     out = [None] * world()
-    dist.all_gather_object(out, obj)
+    collective("gather", lambda: dist.all_gather_object(out, obj))
     return out
 
 
 def barrier() -> None:
     if dist.is_initialized():
-        dist.barrier()
+        collective("barrier", dist.barrier)

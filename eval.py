@@ -39,12 +39,13 @@ from tqdm import tqdm
 
 import agents
 import comam
+import lora
 import models
 import sharing
 from agents import Budgets
 from models import Policy
-from cli import (PRECISIONS, InputError, autocast, check, check_seed, choice, command, finite, output_file,
-                 positive, read_json, resolve_device, resolve_precision)
+from cli import (PRECISIONS, InputError, Interrupted, autocast, check, check_seed, choice, command, finite,
+                 output_file, positive, read_json, read_lines, resolve_device, resolve_precision)
 from data.example import QUESTION_TYPES, Example, read_split
 from data.generate import ensure
 from rewards import recall_iou, profile_reward
@@ -317,24 +318,53 @@ def expand(spec: str) -> list[str]:
 def collect(paths: list[str]) -> dict[str, list[dict]]:
     """label -> result dicts, one per seed. A run folder gives its final result under its name without
     the -s<seed> suffix, and its warm-start evaluation under "no train"; an eval JSON file gives its
-    result under its --system name (or the file name)."""
+    result under its --system name (or the file name). Read strictly, each fault one line naming the
+    file: a result given twice, a result that is not one (wrong types, null), or results on other
+    questions than the first one's (a paired difference of nothing)."""
     groups: dict[str, list[dict]] = {}
+    seen, first = {}, None
     for raw in paths:
         p = Path(raw)
+        real = p.resolve()
+        check(real not in seen, f"{p}: given twice (also as {seen.get(real)}); each result counts once")
+        seen[real] = p
         if p.is_dir() and (p / "summary.json").exists():
             summary = read_json(p / "summary.json")
-            check("final" in summary, f"{p / 'summary.json'}: no 'final' evaluation")
-            groups.setdefault(re.sub(r"-s\d+$", "", p.name), []).append(summary["final"])
-            if summary.get("no_train"):
-                groups.setdefault("no train", []).append(summary["no_train"])
+            check(isinstance(summary, dict) and "final" in summary, f"{p / 'summary.json'}: no 'final' evaluation")
+            found = [(re.sub(r"-s\d+$", "", p.name), checked_result(summary["final"], f"{p / 'summary.json'}: 'final'"))]
+            if summary.get("no_train") is not None:
+                found.append(("no train", checked_result(summary["no_train"], f"{p / 'summary.json'}: 'no_train'")))
+            where = p / "summary.json"
         elif p.is_file() and p.suffix == ".json":
             res = read_json(p)
             check(isinstance(res, dict) and "accuracy" in res and "per_setting" in res,
                   f"{p}: not an eval.py result file (no 'accuracy' / 'per_setting' field)")
-            groups.setdefault(re.sub(r"-s\d+$", "", p.stem), []).append(res)
+            found, where = [(re.sub(r"-s\d+$", "", p.stem), checked_result(res, str(p)))], p
         else:
             raise InputError(f"{p}: neither a run folder with summary.json nor an eval.py result .json")
+        for label, res in found:
+            questions = set(res["per_question"]) if "per_question" in res else None
+            if first is None:
+                first = (where, questions)
+            check(questions == first[1], f"{where}: its results are on other questions than {first[0]}'s "
+                  f"({'no per-question outcomes' if questions is None else f'{len(questions)} questions'} against "
+                  f"{'none' if first[1] is None else len(first[1])}, "
+                  f"{len((questions or set()) ^ (first[1] or set()))} not in both): compare results on the same questions")
+            groups.setdefault(label, []).append(res)
     return groups
+
+
+def checked_result(res, where: str) -> dict:
+    """An eval.py result as --compare reads it: 'accuracy' a number, 'per_setting' an object of numbers,
+    'per_question' (when there) an object of numbers; anything else is an InputError naming `where`."""
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+    check(isinstance(res, dict), f"{where} must be an eval.py result (an object), got {json.dumps(res)[:40]}")
+    check(number(res.get("accuracy")), f"{where}: field 'accuracy' must be a number, got {res.get('accuracy')!r}")
+    for field in ("per_setting", "per_question"):
+        value = res.get(field, {}) if field == "per_question" else res.get(field)
+        check(isinstance(value, dict) and all(number(v) for v in value.values()),
+              f"{where}: field '{field}' must be an object of numbers, got {json.dumps(value)[:60]}")
+    return res
 
 
 def comparison_table(groups: dict[str, list[dict]], local: bool = False) -> str:
@@ -409,12 +439,17 @@ def read_log(path: Path) -> list[dict]:
     the log has no row: there is nothing to plot)."""
     check(path.is_file(), f"{path}: no such training log (give run folders: --plot \"runs/NAME-s1 ...\")")
     rows = []
-    for k, line in enumerate(path.read_text().splitlines(), 1):
+    for k, line in read_lines(path):
         try:
             rows.append(json.loads(line))
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             raise InputError(f"{path}:{k}: not valid JSON") from None
         check(isinstance(rows[-1], dict) and "step" in rows[-1], f"{path}:{k}: not a training log row")
+        for key in ["step", "global_reward"] + [f"{x}_{a}" for x in ("local", "w", "v") for a in agents.ROLES]:
+            value = rows[-1].get(key)
+            check(isinstance(value, (int, float)) and not isinstance(value, bool),
+                  f"{path}:{k}: field '{key}' must be a number, got {json.dumps(value)[:40]} (a training log row "
+                  "holds every key train.py logs)")
     check(bool(rows), f"{path}: the log is empty (the run has not finished a step): nothing to plot")
     return rows
 
@@ -458,9 +493,49 @@ def plot_runs(paths: list[str]) -> list[Path]:
     return written
 
 
+# ======================================================================== a run's checkpoint, checked
+
+def check_checkpoint_policy(args, role: str, folder: Path, state: Path) -> None:
+    """A role's policy in a run's checkpoint is what the run's flags say it trains: LoRA adapters (with
+    --lora-rank > 0) of the rank, alpha and targets the run started with, or a whole model (--lora-rank 0)."""
+    held = lora.is_adapter_folder(folder)
+    what = "LoRA adapters" if held else "a whole model"
+    check(held == (args.lora_rank > 0) or not (held or (folder / "config.json").exists()),
+          f"{state}: args.lora_rank is {args.lora_rank}, but {folder} holds {what}; the run's saved flags were "
+          "edited or are damaged")
+    if held:
+        saved = models.adapter_folder(getattr(args, f"model_{role}") or args.model, role)
+        expected = lora.read_config(saved)[0] if saved is not None else \
+            lora.LoRAConfig(args.lora_rank, args.lora_alpha, lora.target_names(args.lora_targets))
+        lora.check_config(folder, expected, f"the adapters the run started from ({saved}) have" if saved else
+                          f"the run's flags ({state}) give")
+
+
+def check_checkpoint(ckpt: Path) -> None:
+    """eval.py --policies on a run's checkpoint: its policies checked against the run's flags in state.json
+    (as train.py --resume does), so that an edited adapter config is an error rather than another model."""
+    from types import SimpleNamespace
+    state = Path(ckpt) / "state.json"
+    saved = read_json(state).get("args") if isinstance(read_json(state), dict) else None
+    check(isinstance(saved, dict), f"{state}: field 'args' must be an object; the checkpoint state is damaged")
+    fields = {"lora_rank": 0, "lora_alpha": 32.0, "lora_targets": "all", "shared_policy": False, "model": "tiny",
+              **{f"model_{r}": "" for r in agents.ROLES}}
+    args = SimpleNamespace(**{k: saved.get(k, v) for k, v in fields.items()})
+    try:
+        for role in (agents.ROLES[:1] if args.shared_policy else agents.ROLES):
+            check_checkpoint_policy(args, role, Path(ckpt) / role, state)
+    except InputError:
+        raise
+    except (TypeError, ValueError, AttributeError) as e:
+        raise InputError(f"{state}: the run's saved flags are damaged ({type(e).__name__}: {e})") from None
+
+
 def load_system(spec: str, device: str) -> dict[str, Policy]:
-    """The three role policies of "tiny", "smollm2", a folder of per-role policies, or one model folder;
-    each computes a prompt prefix shared by several rows once (sharing.py: the same numbers, faster)."""
+    """The three role policies of "tiny", "smollm2", a folder of per-role policies, or one model folder.
+    A run's checkpoint is first checked against the run's flags (check_checkpoint). Each policy
+    computes a prompt prefix shared by several rows once (sharing.py: the same numbers, faster)."""
+    if (Path(spec) / "state.json").is_file():
+        check_checkpoint(Path(spec))
     policies = models.load_policies({r: spec for r in agents.ROLES}, device)
     for pol in policies.values():
         pol.sharing = sharing
@@ -541,9 +616,12 @@ def main(args: Args) -> dict:
     print(f"precision: {precision} forward passes (--precision {args.precision})")
     budgets, max_new, scale = agents.fit_limits(policies["extraction"], examples, args.scale)
     print(f"context limits ({'derived: ' if args.scale <= 0 else ''}{scale:.3f} tokens per word): {budgets}, {max_new}")
-    res = average([evaluate(policies, examples, budgets, max_new, temperature=args.temperature, seed=args.seed + k,
-                            desc=f"eval {args.system} {k + 1}/{args.samples}", system=args.system,
-                            history=args.history, precision=precision) for k in range(args.samples)])
+    try:
+        res = average([evaluate(policies, examples, budgets, max_new, temperature=args.temperature, seed=args.seed + k,
+                                desc=f"eval {args.system} {k + 1}/{args.samples}", system=args.system,
+                                history=args.history, precision=precision) for k in range(args.samples)])
+    except KeyboardInterrupt:
+        raise Interrupted(f"no result was written ({out} is written at the end of the evaluation)") from None
     res["args"] = asdict(args)
     out.write_text(json.dumps(res, indent=2))
     print(f"{args.system}: accuracy {res['accuracy']:.3f} over {res['n']} questions"

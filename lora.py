@@ -46,6 +46,7 @@ TARGETS = {"attention": ("q_proj", "k_proj", "v_proj", "o_proj"),
            "mlp": ("gate_proj", "up_proj", "down_proj")}
 TARGETS["all"] = TARGETS["attention"] + TARGETS["mlp"]
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+BASE = "adapter_base.json"  # ours, beside peft's files: the identity of the base the adapters were trained on
 PREFIX = "base_model.model."  # peft's key prefix: the PeftModel wraps a LoraModel that wraps the base
 
 
@@ -107,16 +108,16 @@ def share_frozen(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def add_adapters(model: nn.Module, config: LoRAConfig) -> nn.Module:
+def add_adapters(model: nn.Module, config: LoRAConfig, source: str = "--lora-targets") -> nn.Module:
     """Freeze every parameter of `model` and wrap each nn.Linear named in config.targets with a
     LoRALinear (in place). Returns the model. An unknown target name is an InputError listing the
-    names that exist."""
+    names that exist, naming `source` (the flag, or the adapter config that gave the names)."""
     model.requires_grad_(False)
     chosen = [(name, m) for name, m in model.named_modules()
               if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] in config.targets]
     if not chosen:
         found = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
-        raise InputError(f"--lora-targets {','.join(config.targets)}: no such linear layer in this model "
+        raise InputError(f"{source} {','.join(config.targets)}: no such linear layer in this model "
                          f"(it has: {', '.join(found)})")
     for name, linear in chosen:
         parent, _, child = name.rpartition(".")
@@ -182,8 +183,10 @@ def config_of(model: nn.Module) -> LoRAConfig:
     return LoRAConfig(rank, layers[0].scaling * rank, targets)
 
 
-def save_adapters(model: nn.Module, folder: Path, base: str) -> None:
-    """adapter_config.json + adapter_model.safetensors of `model`'s adapters, in peft's layout."""
+def save_adapters(model: nn.Module, folder: Path, base: str, base_id: str | None = None) -> None:
+    """adapter_config.json + adapter_model.safetensors of `model`'s adapters, in peft's layout, and
+    adapter_base.json: the base's name and `base_id`, the identity of its weights (models.weights_identity),
+    checked whenever the adapters are loaded again (a base rebuilt in place since is an error)."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -199,6 +202,37 @@ def save_adapters(model: nn.Module, folder: Path, base: str) -> None:
         "r": cfg.rank, "lora_alpha": cfg.alpha, "lora_dropout": 0.0, "target_modules": list(cfg.targets),
         "bias": "none", "fan_in_fan_out": False, "use_rslora": False, "use_dora": False,
         "init_lora_weights": True, "inference_mode": True, "modules_to_save": None}, indent=2))
+    (folder / BASE).write_text(json.dumps({"base_model_name_or_path": base, "weights_sha1": base_id}, indent=2))
+
+
+def read_base_id(folder: Path) -> str | None:
+    """The identity of the base the adapters in `folder` were trained on (None: not recorded, e.g.
+    adapters made by peft)."""
+    path = Path(folder) / BASE
+    if not path.exists():
+        return None
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        base_id = raw["weights_sha1"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise InputError(f"{path}: not a record of the adapters' base ({type(e).__name__}: {e})") from None
+    if base_id is not None and not isinstance(base_id, str):
+        raise InputError(f"{path}: field 'weights_sha1' must be a string, got {base_id!r}")
+    return base_id
+
+
+def check_config(folder: Path, expected: LoRAConfig, why: str) -> None:
+    """The adapters in `folder` are those `expected` describes (the run's flags, or the adapters it
+    started from): rank, alpha and target modules, each mismatch an InputError naming the field."""
+    cfg, _ = read_config(folder)
+    path = Path(folder) / CONFIG
+    for field, saved, want in (("r", cfg.rank, expected.rank), ("lora_alpha", cfg.alpha, expected.alpha)):
+        if not math.isclose(saved, want, rel_tol=1e-6):
+            raise InputError(f"{path}: {field} {saved:g}, but {why} {want:g}; the adapter config was edited or "
+                             "belongs to other adapters")
+    if not set(cfg.targets) <= set(expected.targets):
+        raise InputError(f"{path}: target_modules {','.join(cfg.targets)}, but {why} "
+                         f"{','.join(expected.targets)}; the adapter config was edited or belongs to other adapters")
 
 
 def is_adapter_folder(folder: Path) -> bool:
@@ -216,6 +250,14 @@ def read_config(folder: Path) -> tuple[LoRAConfig, str]:
         raise InputError(f"{path}: not a LoRA adapter config ({type(e).__name__}: {e})") from None
     if raw.get("peft_type", "LORA") != "LORA" or cfg.rank < 1:
         raise InputError(f"{path}: only LoRA adapters of rank >= 1 are supported")
+    if not math.isfinite(cfg.alpha) or cfg.alpha <= 0 or not cfg.targets or \
+            not all(isinstance(t, str) and t for t in cfg.targets):
+        raise InputError(f"{path}: lora_alpha must be a finite number > 0 and target_modules a list of module names")
+    for key in ("use_rslora", "use_dora"):  # another scaling or another update: refused, not silently read as LoRA
+        if raw.get(key):
+            raise InputError(f"{path}: {key} is true; only plain LoRA (scaling alpha / r) is supported here")
+    if raw.get("bias", "none") != "none" or raw.get("modules_to_save"):
+        raise InputError(f"{path}: bias or modules_to_save adapters are not supported here (only lora_A / lora_B)")
     return cfg, base
 
 
@@ -223,7 +265,7 @@ def load_adapters(model: nn.Module, folder: Path) -> nn.Module:
     """Put the adapters saved in `folder` on `model` (its frozen base; in place). Every adapted layer
     must be in the file with the shapes of this base: a mismatch is an InputError naming the file."""
     cfg, _ = read_config(folder)
-    return copy_adapters(add_adapters(model, cfg), folder)
+    return copy_adapters(add_adapters(model, cfg, f"{Path(folder) / CONFIG}: target_modules"), folder)
 
 
 def copy_adapters(model: nn.Module, folder: Path) -> nn.Module:
@@ -246,6 +288,8 @@ def copy_adapters(model: nn.Module, folder: Path) -> nn.Module:
     for key, param in expected.items():
         if tensors[key].shape != param.shape:
             raise InputError(f"{path}: {key} has shape {tuple(tensors[key].shape)}, this base needs {tuple(param.shape)}")
+        if not torch.isfinite(tensors[key]).all():
+            raise InputError(f"{path}: {key} holds non-finite values (NaN or inf); the adapters are damaged")
         with torch.no_grad():
             param.copy_(tensors[key])
     return model

@@ -190,9 +190,11 @@ def load_policy(name: str, role: str = "extraction", device: str = "cpu") -> Pol
         return _ready(Policy(model.to(device), tok, name))
     path = model_folder(name, role)
     if lora.is_adapter_folder(path):  # LoRA adapters on the base model that their config names
-        base = load_policy(lora.read_config(path)[1], role, device)
+        base = load_policy(check_base(path, role), role, device)
         tok = _load_tokenizer(path) if (path / "tokenizer_config.json").exists() else base.tokenizer
         return _ready(Policy(lora.load_adapters(base.model, path), tok, name))
+    if (path / lora.WEIGHTS).exists():
+        raise InputError(f"{path}: {lora.WEIGHTS} without its {lora.CONFIG}; the adapters' folder is damaged")
     if not (path / "config.json").exists():
         hint = " Build it with `python warmstart.py`." if name == "tiny" else ""
         raise InputError(f"no model for the {role} agent at {path} (no config.json).{hint}")
@@ -277,7 +279,7 @@ def load_policies(names: dict[str, str], device: str = "cpu", adapters: lora.LoR
         name = names[role]
         folder = adapter_folder(name, role)
         if folder is not None:  # saved adapters on their base
-            b = base(lora.read_config(folder)[1], role)
+            b = base(check_base(folder, role), role)
             tok = _load_tokenizer(folder) if (folder / "tokenizer_config.json").exists() else b.tokenizer
             out[role] = _ready(Policy(lora.load_adapters(lora.share_frozen(b.model), folder), tok, name))
         elif adapters is not None:  # fresh adapters on the model the name gives
@@ -295,6 +297,43 @@ def load_policies(names: dict[str, str], device: str = "cpu", adapters: lora.LoR
 def _per_role(name: str, role: str) -> bool:
     """Does `name` hold a separate policy for each role (tiny, a warm start, a run's ckpt)?"""
     return name == "tiny" or (name != "smollm2" and (Path(name) / role).is_dir())
+
+
+def check_base(folder: Path, role: str) -> str:
+    """The name of the base under the adapters in `folder`, checked: a whole model (not adapters, not
+    the folder itself), and, when the adapters recorded it, the same weights they were trained on."""
+    base = lora.read_config(folder)[1]
+    if adapter_folder(base, role) is not None:
+        raise InputError(f"{folder / lora.CONFIG}: base_model_name_or_path {base!r} holds LoRA adapters itself "
+                         "(adapters on adapters are not supported); it must name a whole model")
+    saved = lora.read_base_id(folder)
+    if saved is not None and saved != weights_identity(base, role):
+        raise InputError(f"{folder}: these adapters were trained on another {base!r} than the one there now (its "
+                         f"weights changed since: sha1 {saved[:12]} then, {str(weights_identity(base, role))[:12]} "
+                         "now); rebuild or restore that base, or train the adapters again")
+    return base
+
+
+_IDENTITIES: dict = {}
+
+
+def weights_identity(name: str, role: str) -> str | None:
+    """What a whole model's weights are: the sha1 of its weights files (the GGUF file of smollm2), None
+    when it has none. Cached per file (path, size, modification time): a checkpoint hashes it once."""
+    folder = None if name == "smollm2" else model_folder(name, role)
+    files = [smollm2_gguf()] if folder is None else sorted(folder.glob("*.safetensors")) or \
+        sorted(folder.glob("*.bin"))
+    if not files:
+        return None
+    key = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    if key not in _IDENTITIES:
+        digest = hashlib.sha1()
+        for file in files:
+            with open(file, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 24), b""):
+                    digest.update(chunk)
+        _IDENTITIES[key] = digest.hexdigest()
+    return _IDENTITIES[key]
 
 
 def _weights_key(name: str, role: str):

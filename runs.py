@@ -1,6 +1,8 @@
 """A training run's bookkeeping: its folder, flags, policies, checkpoints, resume and logs.
 
     runs/<exp-name>-s<seed>/
+        .comam-run      the marker that this folder is a run of train.py (its id, name, seed, creation
+                        time), written first: nothing in a folder without it is ever replaced or deleted
         args.json       the flags in use (rewritten on resume)
         log.jsonl       one JSON object per step (`log_row`)
         eval.jsonl      one JSON object per evaluation (no-train, step-N, final)
@@ -16,7 +18,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pickle
+import shutil
+import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,8 +37,8 @@ import lora
 import models
 import rewards
 import sharing
-from cli import (PRECISIONS, InputError, check, check_seed, choice, finite, output_folder, positive, read_json, recover_folder,
-                 replace_folder, resolve_device, resolve_precision)
+from cli import (COMPLETE, PRECISIONS, InputError, check, check_seed, choice, finite, output_folder, positive,
+                 read_json, read_lines, recover_folder, replace_folder, resolve_device, resolve_precision)
 from credit import CREDIT_MODES, VARIANTS
 from data.example import read_split
 from data.generate import ensure
@@ -42,7 +48,7 @@ from models import Policy
 # from, or how it is computed, not what it computes (the loss does not depend on --micro-batch;
 # checkpointing only trades memory for time; shared prompts give the same numbers)
 MAY_CHANGE_ON_RESUME = ("steps", "eval_every", "save_every", "micro_batch", "gradient_checkpointing", "device",
-                        "resume", "out", "share_prompts", "precision")
+                        "resume", "out", "exp_name", "share_prompts", "precision")
 
 
 # ======================================================================== flags
@@ -77,8 +83,20 @@ def check_args(args) -> None:
     finite(args.lora_alpha, "--lora-alpha", 0.0, low_open=True)
     lora.target_names(args.lora_targets)
     check_seed(args.seed)
+    check_name(args.exp_name)
     resolve_device(args.device)
     choice(args.precision, "--precision", PRECISIONS)
+
+
+def check_name(name: str) -> None:
+    """--exp-name is a name, not a path: the run's folder is <--out>/<name>-s<seed>, inside --out."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"--exp-name {name!r}: not UTF-8 text; give a name of letters, digits, '-', '_'") from None
+    check(bool(name) and name not in (".", "..") and not any(c in name for c in "/\\\0") and not os.path.isabs(name),
+          f"--exp-name {name!r} is a name, not a path (no '/', '\\', '..' or absolute path): the run's folder is "
+          "<--out>/<name>-s<seed>; use --out to choose where runs go")
 
 
 def resolve_lora_rank(args):
@@ -103,11 +121,42 @@ def run_folder(args) -> Path:
     return Path(args.out) / f"{args.exp_name}-s{args.seed}"
 
 
+MARKER = ".comam-run"  # written first into a run folder: what proves that train.py made it
+
+
+def is_run_folder(path: Path) -> bool:
+    """Did train.py make this folder? Its marker says so. A run made before the marker existed proves
+    itself by a checkpoint whose saved flags name this folder (it gets its marker when resumed)."""
+    try:
+        marker = json.loads((path / MARKER).read_text(encoding="utf-8"))
+        return isinstance(marker, dict) and marker.get("made_by") == "train.py"
+    except (OSError, ValueError):
+        pass
+    try:
+        saved = json.loads((path / "ckpt" / "state.json").read_text(encoding="utf-8")).get("args", {})
+        return f"{saved['exp_name']}-s{saved['seed']}" == path.name
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return False
+
+
+def check_run_folder(run: Path) -> None:
+    """The one rule before anything in `run` is written, replaced or deleted: new, empty, or ours."""
+    output_folder(run, "--out", is_run_folder, f"a run folder of train.py (no {MARKER} marker)")
+
+
+def write_marker(run: Path, args) -> None:
+    """The marker of a run folder, with the run's identity (kept by a rename: the id is not the name)."""
+    if not (run / MARKER).is_file() or not is_run_folder(run):
+        (run / MARKER).write_text(json.dumps({"made_by": "train.py", "id": uuid.uuid4().hex, "exp_name": args.exp_name,
+                                               "seed": args.seed, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
+
+
 def resumed_args(args):
     """With --resume and a checkpoint: the run's own flags. A flag left at its default takes the run's
     value; a flag given with another value than the run's is an error listing every such flag (it would
     change the run), except MAY_CHANGE_ON_RESUME. Without a checkpoint, `args` as they are."""
     if args.resume:
+        check_run_folder(run_folder(args))
         recover_folder(run_folder(args) / "ckpt")  # a crash inside save_checkpoint
     state = run_folder(args) / "ckpt" / "state.json"
     if not args.resume or not state.exists():
@@ -163,6 +212,8 @@ def load_run_policies(args, device: str, path: Path | None = None) -> dict[str, 
     policy). Each policy computes shared prompts once unless --no-share-prompts."""
     if path is not None:
         names = {role: str(path / (agents.ROLES[0] if args.shared_policy else role)) for role in agents.ROLES}
+        for role in (agents.ROLES[:1] if args.shared_policy else agents.ROLES):
+            evaluation.check_checkpoint_policy(args, role, path / role, path / "state.json")
     else:
         names = {role: getattr(args, f"model_{role}") or args.model for role in agents.ROLES}
     adapters = None
@@ -240,6 +291,7 @@ class Run:
     opts: dict  # role -> optimizer, one per distinct policy
     start: int  # the step to start from: 0, or the checkpoint's
     planned_steps: int  # --steps when the run started: fixes the phases of --mode independent
+    base_ids: dict = dataclasses.field(default_factory=dict)  # role -> identity of its adapters' base weights
 
 
 def open_run(args, device: str) -> Run:
@@ -250,7 +302,7 @@ def open_run(args, device: str) -> Run:
     inside save_checkpoint is undone first (cli.recover_folder)."""
     run = run_folder(args)
     writer = distributed.is_writer()  # under torchrun only rank 0 writes; every rank reads the same files
-    output_folder(run, "--out", lambda p: (p / "args.json").is_file(), "a run folder of train.py (no args.json)")
+    check_run_folder(run)
     if writer:
         recover_folder(run / "ckpt")
     distributed.barrier()
@@ -266,8 +318,9 @@ def open_run(args, device: str) -> Run:
                 for name in ("log.jsonl", "eval.jsonl"):
                     (run / name).unlink(missing_ok=True)
             run.mkdir(parents=True, exist_ok=True)
+            write_marker(run, args)
             (run / "args.json").write_text(json.dumps(asdict(args), indent=2))
-        return Run(run, policies, make_optimizers(policies, args.lr), 0, args.steps)
+        return Run(run, policies, make_optimizers(policies, args.lr), 0, args.steps, base_ids(args, policies))
     check(args.resume, f"{run} exists and has a checkpoint: pass --resume to continue it, or another "
           "--exp-name / --seed")
     state = read_json(state_file)
@@ -281,14 +334,26 @@ def open_run(args, device: str) -> Run:
         load_optimizer(opt, run / "ckpt" / role / "optimizer.pt", device)
     distributed.barrier()  # every rank has read the checkpoint before rank 0 writes
     if writer:
-        truncate_log(run / "log.jsonl", start)
-        (run / "args.json").write_text(json.dumps(asdict(args), indent=2))  # the flags in use from now on
+        check(os.access(run, os.W_OK) and all(os.access(p, os.W_OK) for p in run.iterdir() if p.is_file()),
+              f"{run}: the run folder (or a file in it) is not writable; nothing was changed")
+        # the one append first: a folder that refuses it has had nothing else changed
         with open(run / "resumes.jsonl", "a") as f:
             f.write(json.dumps({"at_step": start, "steps": args.steps, "eval_every": args.eval_every,
                                 "save_every": args.save_every, "micro_batch": args.micro_batch,
                                 "device": args.device, "processes": distributed.world()}) + "\n")
+        write_marker(run, args)
+        truncate_log(run / "log.jsonl", start)
+        (run / "args.json").write_text(json.dumps(asdict(args), indent=2))  # the flags in use from now on
         print(f"resuming {run} at step {start}")
-    return Run(run, policies, opts, start, state.get("planned_steps", state.get("args", {}).get("steps", args.steps)))
+    return Run(run, policies, opts, start, state.get("planned_steps", state.get("args", {}).get("steps", args.steps)),
+               base_ids(args, policies))
+
+
+def base_ids(args, policies: dict[str, Policy]) -> dict[str, str | None]:
+    """role -> the identity of the base weights under its adapters, as loaded now (saved with them at
+    every checkpoint and checked when they are loaded again: models.check_base)."""
+    return {role: models.weights_identity(lora_base(args, role), role) for role, pol in unique(policies).items()
+            if lora.adapters(pol.model)}
 
 
 def save_checkpoint(run: Run, step: int, args) -> None:
@@ -302,19 +367,24 @@ def save_checkpoint(run: Run, step: int, args) -> None:
     def write(tmp: Path) -> None:
         for role, pol in unique(run.policies).items():
             if lora.adapters(pol.model):
-                lora.save_adapters(pol.model, tmp / role, base=lora_base(args, role))
+                lora.save_adapters(pol.model, tmp / role, base=lora_base(args, role), base_id=run.base_ids.get(role))
             else:
                 pol.model.save_pretrained(tmp / role)
             pol.tokenizer.save_pretrained(tmp / role)
             torch.save(run.opts[role].state_dict(), tmp / role / "optimizer.pt")
         (tmp / "state.json").write_text(json.dumps({"step": step, "planned_steps": run.planned_steps,
                                                     "processes": distributed.world(), "args": asdict(args)}, indent=2))
+    previous = (run.folder / "ckpt" / "state.json").exists()
     try:
         replace_folder(run.folder / "ckpt", write)
     except (OSError, SafetensorError, RuntimeError) as e:  # a full disk, a file-size limit
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        if not (run.folder / "ckpt.tmp" / COMPLETE).exists():  # the part written (recover_folder ignores it): room back
+            shutil.rmtree(run.folder / "ckpt.tmp", ignore_errors=True)
+        then = "the previous checkpoint is intact: make room and continue with --resume" if previous else \
+            "there is no earlier checkpoint: make room and start the run again"
         raise InputError(f"{run.folder / 'ckpt'}: the checkpoint of step {step} could not be written ({first}); "
-                         "the previous checkpoint is intact: make room and continue with --resume") from None
+                         f"{then}") from None
     distributed.barrier()
 
 
@@ -349,13 +419,15 @@ def truncate_log(path: Path, step: int) -> None:
     dropped; any other line that does not parse is an InputError naming it."""
     if not path.exists():
         return
-    lines, kept = path.read_text().splitlines(), []
-    for k, line in enumerate(lines, 1):
+    lines, kept = read_lines(path), []
+    for k, line in lines:
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             check(k == len(lines), f"{path}:{k}: not valid JSON; the log is damaged")
             continue
+        check(isinstance(row, dict) and isinstance(row.get("step", 0), int),
+              f"{path}:{k}: not a log row (an object with a whole 'step'); the log is damaged")
         if row.get("step", 0) <= step:
             kept.append(line)
     path.write_text("".join(l + "\n" for l in kept))
@@ -388,11 +460,12 @@ SETTING = {"whole": "deployed: memory over the whole history",
 def logged_evaluation(run: Path, tag: str) -> dict | None:
     """An evaluation this run logged before it was interrupted (the warm start's, on --resume)."""
     path = run / "eval.jsonl"
-    for k, line in enumerate(path.read_text().splitlines() if path.exists() else [], 1):
+    for k, line in read_lines(path) if path.exists() else []:
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             raise InputError(f"{path}:{k}: not valid JSON; the evaluation log is damaged") from None
+        check(isinstance(row, dict), f"{path}:{k}: not an evaluation row (an object); the evaluation log is damaged")
         if row.get("tag") == tag:
             return {k: v for k, v in row.items() if k != "tag"}
     return None

@@ -39,7 +39,7 @@ import experiments
 import models
 import rewards
 import runs
-from cli import FolderLock, Interrupted, autocast, check, command, resolve_device, seed_everything
+from cli import FolderLock, InputError, Interrupted, autocast, check, command, resolve_device, seed_everything
 from credit import group_advantages, integrated_rewards
 from data.example import Example
 from models import Policy
@@ -145,7 +145,17 @@ def main(args: Args) -> dict:
     device = distributed.setup(resolve_device(args.device))  # under torchrun: this rank's device
     check(args.queries % distributed.world() == 0, f"--queries {args.queries} must be a multiple of the "
           f"number of processes ({distributed.world()}): each process takes an equal share of the queries")
-    lock = FolderLock(runs.run_folder(args)) if distributed.is_writer() else None  # one process writes a run
+    # one process writes a run; a symlink is resolved first, so that a folder has one lock by any name
+    lock, refused = None, None
+    try:
+        lock = FolderLock(runs.run_folder(args).resolve()) if distributed.is_writer() else None
+    except InputError as e:
+        refused = e
+    if distributed.all_sum([float(refused is not None)])[0]:  # under torchrun every rank stops; rank 0 says why
+        distributed.teardown()
+        if refused:
+            raise refused
+        raise SystemExit(2)
     try:
         return train(runs.resolve_lora_rank(runs.resumed_args(args)), device)
     finally:

@@ -50,8 +50,8 @@ import models
 import rewards
 import sharing
 from agents import Budgets, MaxNew
-from cli import (PRECISIONS, autocast, check, check_seed, choice, command, finite, output_folder, positive,
-                 replace_folder, resolve_device, resolve_precision, seed_everything)
+from cli import (PRECISIONS, Interrupted, autocast, check, check_seed, choice, command, finite, output_folder,
+                 positive, replace_folder, resolve_device, resolve_precision, seed_everything)
 from data.example import LETTERS, Example, Line, read_split
 from models import Policy
 from data.generate import ensure, vocabulary_texts
@@ -252,6 +252,10 @@ def check_args(args: Args) -> Path:
     positive(args.lora_rank, "--lora-rank", -1)
     finite(args.lora_alpha, "--lora-alpha", 0.0, low_open=True)
     lora.target_names(args.lora_targets)
+    check(not (args.model == "tiny" and not args.init_from and args.lora_rank > 0),
+          f"--lora-rank {args.lora_rank} with --model tiny: the tiny model is built here from random weights and "
+          "saved nowhere else, so its adapters would have no base to load on; leave --lora-rank out (full "
+          "fine-tuning), or give --init-from a tiny warm start to train adapters on it")
     check_seed(args.seed)
     resolve_device(args.device)
     choice(args.precision, "--precision", PRECISIONS)
@@ -318,7 +322,10 @@ def main(args: Args) -> dict:
     if args.probe_every and val_file.exists():
         val = read_split(folder, "val")
         probes = random.Random(args.seed).sample(val, min(args.probe_size, len(val)))
-    losses, probe_log = clone(policy, train, args, budgets, max_new, probes, device)
+    try:
+        losses, probe_log = clone(policy, train, args, budgets, max_new, probes, device)
+    except KeyboardInterrupt:
+        raise Interrupted(f"nothing was written to {out} (a warm start is written whole, at the end)") from None
     previous = Path(args.init_from) / "warmstart.json" if args.init_from else None
     report = {"args": asdict(args), "seconds": round(time.time() - t0, 1), "probe": probe_log,
               "continued_from": json.loads(previous.read_text()) if previous and previous.exists() else None,
@@ -327,7 +334,8 @@ def main(args: Args) -> dict:
     def write(tmp: Path) -> None:
         for role in agents.ROLES:  # three separate policies, identical at the start
             if rank > 0:
-                lora.save_adapters(policy.model, tmp / role, base=base_name(args))
+                lora.save_adapters(policy.model, tmp / role, base=base_name(args),
+                                   base_id=models.weights_identity(base_name(args), role))
             else:
                 policy.model.save_pretrained(tmp / role)
             policy.tokenizer.save_pretrained(tmp / role)

@@ -79,22 +79,32 @@ def strip_solutions(text: str, module: str, keep: bool = False) -> tuple[str, in
 
 
 def tracked_files() -> list[str]:
-    listed = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    """The files git tracks in this checkout (SystemExit "error: ..." outside a git checkout, or without git)."""
+    try:
+        listed = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        why = (getattr(e, "stderr", "") or str(e)).strip().splitlines()
+        raise SystemExit(f"error: {ROOT}: the student copy holds the files git tracks, and git cannot list them here "
+                         f"({why[0] if why else type(e).__name__}); run it in a git checkout of the project") from None
     return [f for f in listed.splitlines() if not f.startswith(LEFT_OUT) and (ROOT / f).is_file()]
 
 
 def make(out: Path, keep: bool = False) -> dict[str, int]:
-    """Write the copy into `out` (which must not exist or be empty). Returns {file: blocks replaced}."""
+    """Write the copy into `out` (which must not exist or be empty). Returns {file: blocks replaced}.
+    Every file's markers are checked before the first file is written: a fault writes nothing."""
     try:  # the one rule of every command that writes: a new or empty folder (nothing replaced)
         output_folder(out, "OUT", lambda p: False, "empty")
     except InputError as e:
         raise SystemExit(f"error: {e}") from None
+    names = tracked_files()
+    stripped = {name: strip_solutions((ROOT / name).read_text(), name[:-3].replace("/", "."), keep)
+                for name in names if name.endswith(".py")}
     replaced = {}
-    for name in tracked_files():
+    for name in names:
         src, dst = ROOT / name, out / name
         dst.parent.mkdir(parents=True, exist_ok=True)
-        if name.endswith(".py"):
-            text, blocks = strip_solutions(src.read_text(), name[:-3].replace("/", "."), keep)
+        if name in stripped:
+            text, blocks = stripped[name]
             dst.write_text(text)
             if blocks:
                 replaced[name] = blocks
@@ -108,7 +118,13 @@ def main(argv=None) -> None:
     p.add_argument("out", help="folder of the copy (new or empty)")
     p.add_argument("--keep-solutions", action="store_true", help="remove the markers, keep the solutions")
     a = p.parse_args(argv)
-    replaced = make(Path(a.out), a.keep_solutions)
+    try:
+        replaced = make(Path(a.out), a.keep_solutions)
+    except SystemExit as e:  # one line and status 2, as every command of the project (cli.handled)
+        if not isinstance(e.code, str):
+            raise
+        print(e.code if e.code.startswith("error: ") else f"error: {e.code}", file=sys.stderr)
+        return 2
     what = "kept" if a.keep_solutions else "replaced by stubs"
     for name, n in replaced.items():
         print(f"{name}: {n} solution block{'s' * (n > 1)} {what}")

@@ -9,14 +9,17 @@ gets model.safetensors + config + tokenizer, W + (alpha / r) B A in place of eac
 """
 from __future__ import annotations
 
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository's modules
 
+from safetensors import SafetensorError  # noqa: E402
+
 import models  # noqa: E402
-from cli import check, command, replace_folder  # noqa: E402
+from cli import InputError, check, command, replace_folder  # noqa: E402
 
 
 @dataclass
@@ -32,7 +35,15 @@ def main(args: Args) -> list[Path]:
     out = Path(args.out)
     check(not out.exists() or (out.is_dir() and not any(out.iterdir())), f"--out {out}: exists and is not empty")
     written = []
-    replace_folder(out, lambda tmp: written.extend(models.export_merged(args.src, tmp)))
+    try:
+        replace_folder(out, lambda tmp: written.extend(models.export_merged(args.src, tmp)))
+    except BaseException as e:  # a bad --src, a full disk, Ctrl-C: what was written goes, room back
+        shutil.rmtree(out.with_name(out.name + ".tmp"), ignore_errors=True)
+        if not isinstance(e, (OSError, SafetensorError, RuntimeError)):
+            raise
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise InputError(f"--out {out}: the merged models could not be written ({first}); nothing was left "
+                         "behind: make room and run it again") from None
     for role in written:
         print(f"wrote {out / role.name}")
     return [out / p.name for p in written]

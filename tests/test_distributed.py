@@ -72,19 +72,56 @@ def test_a_two_step_torchrun_run_writes_one_run_folder(toy_data, toy_warmstart, 
     assert r.stdout.count("step    1 |") == 1  # one process writes the console log
 
 
-def _rank_pid(parent: int, rank: int) -> int | None:
-    """The pid of the worker with RANK=rank among the descendants of `parent` (read from /proc)."""
+def _descendants(parent: int) -> set[int]:
+    """The pids of every process below `parent` (children, their children, ...), read from /proc."""
+    children: dict[int, list[int]] = {}
     for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) if proc.name.isdigit() else None
+        except (OSError, IndexError, ValueError):
             continue
+        if ppid is not None:
+            children.setdefault(ppid, []).append(int(proc.name))
+    found, todo = set(), [parent]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _rank_pid(parent: int, rank: int) -> int | None:
+    """The pid of the worker with RANK=rank among the descendants of `parent` (read from /proc): never
+    another job's worker, whoever started it."""
+    for pid in sorted(_descendants(parent)):
+        proc = Path("/proc") / str(pid)
         try:
             env = (proc / "environ").read_bytes().split(b"\0")
-            if f"RANK={rank}".encode() in env and f"TORCHELASTIC_RUN_ID".encode() in b" ".join(env) \
+            if f"RANK={rank}".encode() in env and b"TORCHELASTIC_RUN_ID" in b" ".join(env) \
                     and b"train.py" in (proc / "cmdline").read_bytes():
-                return int(proc.name)
+                return pid
         except OSError:
             continue
     return None
+
+
+def test_rank_pid_finds_only_the_workers_of_its_own_job(tmp_path):
+    """A look-alike worker started elsewhere (RANK=1, a torchrun id, train.py in its command line) is
+    not found from another parent, and is found from its own."""
+    script = tmp_path / "train.py"
+    script.write_text("import time; time.sleep(60)\n")
+    env = {**os.environ, "RANK": "1", "TORCHELASTIC_RUN_ID": "someone-else"}
+    other = subprocess.Popen([sys.executable, str(script)], env=env)
+    try:
+        deadline = time.time() + 10
+        while b"train.py" not in Path(f"/proc/{other.pid}/cmdline").read_bytes() and time.time() < deadline:
+            time.sleep(0.05)
+        assert _rank_pid(other.pid, 1) is None  # another job (its parent): not found
+        assert _rank_pid(os.getpid(), 1) == other.pid  # a child of this process: found
+    finally:
+        other.kill()
+        other.wait()
 
 
 @pytest.mark.uses_solutions
@@ -120,3 +157,51 @@ def test_queries_must_divide_among_the_processes(tmp_path):
     assert r.returncode != 0
     assert "error: --queries 3 must be a multiple of the number of processes (2)" in r.stderr
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.uses_solutions
+def test_a_stopped_rank_is_named_after_the_timeout_not_waited_for(toy_data, toy_warmstart, tmp_path):
+    """SIGSTOP (not dead: torchrun does not notice) of rank 1 after the first checkpoint: rank 0 stops
+    after COMAM_DIST_TIMEOUT_S with one line naming rank 1, instead of waiting 30 minutes."""
+    env = {**_env(), "COMAM_DIST_TIMEOUT_S": "30"}
+    job = subprocess.Popen(TORCHRUN + [str(ROOT / "train.py")] + _run_args(toy_data, toy_warmstart, tmp_path / "runs",
+                                                                            steps=40),
+                           env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    state = tmp_path / "runs" / "comam-s3" / "ckpt" / "state.json"
+    deadline = time.time() + 180
+    while not state.exists() and job.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    zero, one = _rank_pid(job.pid, 0), _rank_pid(job.pid, 1)
+    assert zero is not None and one is not None and job.poll() is None
+    os.kill(one, signal.SIGSTOP)
+    stopped_at = time.time()
+    try:
+        while Path(f"/proc/{zero}").exists() and b"train.py" in Path(f"/proc/{zero}/cmdline").read_bytes() \
+                and time.time() < stopped_at + 150:
+            time.sleep(0.2)
+        waited = time.time() - stopped_at
+    finally:
+        os.kill(one, signal.SIGCONT)  # so that torchrun's SIGTERM ends it
+    _, err = job.communicate(timeout=120)
+    assert job.returncode != 0 and waited < 120, (waited, err[-2000:])
+    lines = [l for l in err.splitlines() if l.startswith("error: rank 0:")]
+    assert len(lines) == 1 and "it waited for rank 1 (at collective" in lines[0] and \
+        "which stopped answering" in lines[0] and "no answer within 30 s" in lines[0], err[-3000:]
+    assert 'train.py", line' not in err  # no traceback from our code on either rank
+
+
+def test_a_torchrun_job_beside_a_run_on_the_same_folder_is_one_line_per_rank(toy_data, toy_warmstart, tmp_path):
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from cli import FolderLock; import time; "
+            f"lock = FolderLock({str(tmp_path / 'runs' / 'comam-s3')!r}); print('locked', flush=True); time.sleep(600)")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    try:
+        r = subprocess.run(TORCHRUN + [str(ROOT / "train.py")] + _run_args(toy_data, toy_warmstart, tmp_path / "runs"),
+                           env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert r.returncode != 0
+    assert f"error: {tmp_path / 'runs' / 'comam-s3'} is in use by process {holder.pid}" in r.stderr, r.stderr[-3000:]
+    assert 'train.py", line' not in r.stderr and "gloo" not in r.stderr.lower(), r.stderr[-3000:]
+    assert not (tmp_path / "runs" / "comam-s3").exists()

@@ -394,6 +394,7 @@ def test_a_log_line_cut_by_a_kill_is_dropped_on_resume(finished_run, toy_data, t
 def test_a_run_that_died_before_its_first_checkpoint_starts_again(toy_data, tmp_path):
     run = tmp_path / "runs" / "comam-s5"
     run.mkdir(parents=True)
+    (run / ".comam-run").write_text('{"made_by": "train.py", "id": "0", "exp_name": "comam", "seed": 5}')
     (run / "args.json").write_text("{}")
     (run / "log.jsonl").write_text('{"step": 1}\n')
     command(train.main, train.Args, "", _args(toy_data, tmp_path / "runs", steps=1))

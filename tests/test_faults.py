@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import eval as evaluation
 import train
@@ -355,3 +356,390 @@ def test_generate_overwrite_refuses_a_folder_of_the_users(tmp_path, capsys):
     fails(capsys, lambda: generate.main(["--out", str(mine), "--overwrite", "--train-users", "2"]),
           f"--out {mine}: exists and is not a benchmark folder")
     assert snapshot(mine) == before
+
+
+# ================================================================ issue 34: nothing lost, second round
+
+# ---------------------------------------------------------------- a run folder is ours only when it proves it
+
+def test_a_folder_with_an_args_json_but_no_marker_is_not_taken_for_a_run(toy_data, tmp_path, capsys):
+    run = tmp_path / "runs" / "comam-s5"
+    (run / "ckpt.tmp").mkdir(parents=True)
+    (run / "args.json").write_text("{}")
+    (run / "log.jsonl").write_text("mine")
+    (run / "eval.jsonl").write_text("mine too")
+    (run / "ckpt.tmp" / ".complete").write_text("")  # a crash-recovery rename must not touch it either
+    before = snapshot(run)
+    for extra in ({}, {"resume": True}):
+        fails(capsys, lambda: command(train.main, train.Args, "", _args(toy_data, tmp_path / "runs", **extra)),
+              f"--out {run}: exists and is not a run folder of train.py (no .comam-run marker)")
+        assert snapshot(run) == before and not (run / "ckpt").exists()
+
+
+@pytest.mark.uses_solutions
+def test_a_renamed_run_resumes_under_its_new_name_and_keeps_its_identity(finished_run, toy_data, tmp_path):
+    run = _copy_run(finished_run, tmp_path)
+    marker = json.loads((run / ".comam-run").read_text())
+    assert marker["made_by"] == "train.py" and marker["exp_name"] == "comam" and marker["seed"] == 5
+    renamed = run.with_name("renamed-s5")
+    run.rename(renamed)
+    command(train.main, train.Args, "", _args(toy_data, tmp_path / "runs", steps=3, resume=True, exp_name="renamed"))
+    assert [json.loads(l)["step"] for l in (renamed / "log.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert json.loads((renamed / ".comam-run").read_text())["id"] == marker["id"]
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "a/b", "/abs/run", "..", "", "bad\udcffname", "a\\b"])
+def test_exp_name_is_a_name_not_a_path(name, toy_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    line = fails(capsys, lambda: command(train.main, train.Args, "", _args(toy_data, tmp_path / "out" / "runs",
+                                                                           exp_name=name)), "--exp-name")
+    assert ("not UTF-8" if "\udcff" in name else "is a name, not a path") in line
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["out"]  # nothing written, inside --out or out of it
+
+
+def test_a_symlinked_run_folder_shares_the_lock_of_its_real_folder(toy_data, tmp_path):
+    real = tmp_path / "runs" / "comam-s5"
+    holder = _hold_lock(real)
+    (tmp_path / "runs" / "alias-s5").symlink_to(real, target_is_directory=True)
+    (tmp_path / "runs" / "comam-s5.lock").write_text("process 1")  # the file says one thing, the kernel another
+    try:
+        r = subprocess.run([sys.executable, str(ROOT / "train.py")] + _args(toy_data, tmp_path / "runs",
+                                                                            exp_name="alias"),
+                           capture_output=True, text=True, cwd=tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"error: {real} is in use by process {holder.pid}: one process writes a run at a time; wait for it to end, "
+        "or give another --exp-name / --seed"], r.stderr
+
+
+# ---------------------------------------------------------------- adapters checked against what they were trained on
+
+def _lora_args(toy_data, base, out, **kw):
+    return _args(toy_data, out, **{"model": str(base), "steps": 1, "lora_rank": 4, **kw})
+
+
+def _tiny_base(folder: Path) -> Path:
+    """A copy of the shipped tiny warm start, as the base of fresh adapters (quick: it answers in few tokens)."""
+    import models
+    shutil.copytree(models.TINY_CHECKPOINT, folder, ignore=shutil.ignore_patterns(".complete", "*.json.bak"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def lora_run(toy_data, tmp_path_factory):
+    """A finished 1-step LoRA run (rank 4, alpha 32) on a copy of the tiny warm start: (its base, its runs folder)."""
+    root = tmp_path_factory.mktemp("lora_run")
+    command(train.main, train.Args, "", _lora_args(toy_data, _tiny_base(root / "base"), root / "runs"))
+    return root / "base", root / "runs"
+
+
+def _lora_copy(lora_run, tmp_path) -> Path:
+    shutil.copytree(lora_run[1], tmp_path / "runs")
+    return tmp_path / "runs" / "comam-s5"
+
+
+def _eval_ckpt(run, toy_data, tmp_path):
+    return lambda: command(evaluation.main, evaluation.Args, "", ["--data", str(toy_data), "--policies",
+                                                                  str(run / "ckpt"), "--users", "1",
+                                                                  "--out", str(tmp_path / "e.json")])
+
+
+def _edit_config(folder: Path, **changes) -> None:
+    path = folder / "adapter_config.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | changes))
+
+
+@pytest.mark.uses_solutions
+def test_adapters_refuse_a_base_rebuilt_in_place(toy_data, tmp_path, capsys):
+    import models
+    base = _tiny_base(tmp_path / "base")
+    command(train.main, train.Args, "", _lora_args(toy_data, base, tmp_path / "runs"))
+    run = tmp_path / "runs" / "comam-s5"
+    assert json.loads((run / "ckpt" / "extraction" / "adapter_base.json").read_text())["weights_sha1"] == \
+        models.weights_identity(str(base), "extraction")
+    for role in ("extraction", "profile", "retrieval"):  # the base rebuilt in place: same names and shapes, other weights
+        pol = models.load_policy(str(base), role)
+        with torch.no_grad():
+            next(pol.model.parameters()).add_(0.01)
+        pol.model.save_pretrained(base / role)
+    before = snapshot(run)
+    needle = "these adapters were trained on another"
+    fails(capsys, lambda: command(train.main, train.Args, "", _lora_args(toy_data, base, tmp_path / "runs", steps=2,
+                                                                         resume=True)),
+          f"{run / 'ckpt' / 'extraction'}: {needle}", "rebuild or restore that base")
+    fails(capsys, _eval_ckpt(run, toy_data, tmp_path), needle)
+    assert snapshot(run) == before and not (tmp_path / "e.json").exists()
+
+
+@pytest.mark.parametrize("edit,needle", [
+    ({"lora_alpha": 3200.0}, "lora_alpha 3200, but the run's flags"),
+    ({"r": 8}, "r 8, but the run's flags"),
+    ({"target_modules": ["q_proj", "k_proj", "w_in"]}, "target_modules q_proj,k_proj,w_in, but the run's flags"),
+    ({"use_rslora": True}, "use_rslora is true; only plain LoRA"),
+])
+@pytest.mark.uses_solutions
+def test_an_adapter_config_that_disagrees_with_the_run_is_refused(edit, needle, lora_run, toy_data, tmp_path, capsys):
+    run = _lora_copy(lora_run, tmp_path)
+    _edit_config(run / "ckpt" / "profile", **edit)
+    before = snapshot(run)
+    for fn in (lambda: command(train.main, train.Args, "", _lora_args(toy_data, lora_run[0], tmp_path / "runs",
+                                                                      steps=2, resume=True)),
+               _eval_ckpt(run, toy_data, tmp_path)):
+        line = fails(capsys, fn, needle)
+        assert "adapter_config.json" in line and "optimizer" not in line
+    assert snapshot(run) == before and not (tmp_path / "e.json").exists()
+
+
+@pytest.mark.uses_solutions
+def test_non_finite_adapters_are_refused_at_load(lora_run, toy_data, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+    run = _lora_copy(lora_run, tmp_path)
+    path = run / "ckpt" / "retrieval" / "adapter_model.safetensors"
+    tensors = load_file(str(path))
+    key = sorted(k for k in tensors if "lora_B" in k)[0]
+    tensors[key][0, 0] = float("nan")
+    save_file(tensors, str(path))
+    fails(capsys, _eval_ckpt(run, toy_data, tmp_path), f"{path}: {key} holds non-finite values")
+    assert not (tmp_path / "e.json").exists()
+
+
+@pytest.mark.uses_solutions
+def test_state_lora_rank_edited_is_blamed_on_state_json(lora_run, toy_data, tmp_path, capsys):
+    run = _lora_copy(lora_run, tmp_path)
+    state = run / "ckpt" / "state.json"
+    saved = json.loads(state.read_text())
+    saved["args"]["lora_rank"] = 0
+    state.write_text(json.dumps(saved))
+    argv = [a for a in _lora_args(toy_data, lora_run[0], tmp_path / "runs", steps=2, resume=True)
+            if not a.startswith("--lora-rank")]
+    line = fails(capsys, lambda: command(train.main, train.Args, "", argv),
+                 f"{state}: args.lora_rank is 0, but {run / 'ckpt' / 'extraction'} holds LoRA adapters")
+    assert "optimizer" not in line
+
+
+@pytest.mark.uses_solutions
+def test_a_missing_adapter_config_is_named_as_such(lora_run, toy_data, tmp_path, capsys):
+    run = _lora_copy(lora_run, tmp_path)
+    (run / "ckpt" / "extraction" / "adapter_config.json").unlink()
+    line = fails(capsys, _eval_ckpt(run, toy_data, tmp_path),
+                 f"{run / 'ckpt' / 'extraction'}: adapter_model.safetensors without its adapter_config.json")
+    assert "(no config.json)" not in line
+
+
+def test_unknown_target_modules_are_blamed_on_the_config_not_a_flag(toy_chat_model, tmp_path):
+    import agents
+    import lora
+    import models
+    from cli import InputError
+    pol = models.load_policies({r: str(toy_chat_model) for r in agents.ROLES}, "cpu", lora.LoRAConfig(2, 4.0),
+                               roles=agents.ROLES[:1])["extraction"]
+    lora.save_adapters(pol.model, tmp_path / "a", base=str(toy_chat_model))
+    _edit_config(tmp_path / "a", target_modules=["w_in", "w_out"])
+    with pytest.raises(InputError) as e:
+        models.load_policy(str(tmp_path / "a"))
+    assert str(e.value).startswith(f"{tmp_path / 'a' / 'adapter_config.json'}: target_modules w_in,w_out: no such "
+                                   "linear layer") and "--lora-targets" not in str(e.value)
+
+
+@pytest.mark.parametrize("cmd", ["eval", "merge"])
+def test_an_adapter_config_whose_base_is_its_own_folder_is_one_line(cmd, toy_chat_model, toy_data, tmp_path, capsys):
+    import agents
+    import lora
+    import models
+    pol = models.load_policies({r: str(toy_chat_model) for r in agents.ROLES}, "cpu", lora.LoRAConfig(2, 4.0),
+                               roles=agents.ROLES[:1])["extraction"]
+    folder = tmp_path / "a"
+    lora.save_adapters(pol.model, folder, base=str(folder))  # its base: itself
+    argv = ["--src", str(folder), "--out", str(tmp_path / "m")] if cmd == "merge" else [
+        "--data", str(toy_data), "--policies", str(folder), "--out", str(tmp_path / "m")]
+    fails(capsys, lambda: command(*((merge_lora.main, merge_lora.Args) if cmd == "merge" else
+                                    (evaluation.main, evaluation.Args)), "", argv),
+          f"{folder / 'adapter_config.json'}: base_model_name_or_path {str(folder)!r} holds LoRA adapters itself")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+
+
+def test_warmstart_refuses_adapters_on_a_tiny_model_it_would_not_save(toy_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(warmstart, "clone", lambda *a, **k: pytest.fail("cloned before checking the flags"))
+    fails(capsys, lambda: command(warmstart.main, warmstart.Args, "", ["--data", str(toy_data), "--lora-rank", "4",
+                                                                       "--out", str(tmp_path / "ws")]),
+          "--lora-rank 4 with --model tiny: the tiny model is built here from random weights")
+    assert not (tmp_path / "ws").exists()
+
+
+def test_merge_lora_on_a_full_disk_is_one_line_and_leaves_nothing(toy_warmstart, tmp_path, capsys, monkeypatch):
+    import transformers
+
+    from safetensors import SafetensorError
+    real = transformers.PreTrainedModel.save_pretrained
+    calls = []
+
+    def full(self, folder, *a, **k):  # the first model is written, the second finds the disk full
+        calls.append(folder)
+        if len(calls) > 1:
+            raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "
+                                  "\"No space left on device\" })")
+        return real(self, folder, *a, **k)
+    monkeypatch.setattr(transformers.PreTrainedModel, "save_pretrained", full)
+    out = tmp_path / "merged"
+    fails(capsys, lambda: command(merge_lora.main, merge_lora.Args, "", ["--src", str(toy_warmstart), "--out", str(out)]),
+          f"--out {out}: the merged models could not be written", "No space left on device")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.uses_solutions
+def test_checkpoint_files_are_readable_like_any_file_the_user_writes(finished_run, tmp_path):
+    run = _copy_run(finished_run, tmp_path)
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (run / "ckpt").rglob("*") if p.is_file()}
+    assert modes["model.safetensors"] == 0o666 & ~umask and set(modes.values()) == {0o666 & ~umask}, modes
+
+
+# ---------------------------------------------------------------- results and logs read strictly
+
+def _result(qids, accuracy=0.5, **extra):
+    return {"accuracy": accuracy, "n": len(qids), "per_setting": {"small": accuracy},
+            "per_question": {q: 1.0 for q in qids}, "args": {}, **extra}
+
+
+def _compare(paths):
+    return lambda: command(evaluation.main, evaluation.Args, "", ["--compare", " ".join(str(p) for p in paths)])
+
+
+def test_compare_refuses_results_on_other_questions_and_duplicates(tmp_path, capsys):
+    a, b, c = tmp_path / "a-s1.json", tmp_path / "b-s1.json", tmp_path / "c-s1.json"
+    a.write_text(json.dumps(_result(["q1", "q2"])))
+    b.write_text(json.dumps(_result(["q3", "q4"])))
+    c.write_text(json.dumps(_result(["q1", "q2"], 0.7)))
+    fails(capsys, _compare([a, b]), f"{b}: its results are on other questions than {a}'s")
+    fails(capsys, _compare([a, a]), f"{a}: given twice")
+    fails(capsys, _compare([a, tmp_path / "." / "a-s1.json"]), "given twice")
+    _compare([a, c])()  # the same questions: a table and a paired row
+    out = capsys.readouterr().out
+    assert "| c | +0.000 |" in out and "nan" not in out
+
+
+@pytest.mark.parametrize("content,needle", [
+    ({"accuracy": "0.5", "per_setting": {}}, "field 'accuracy' must be a number, got '0.5'"),
+    ({"accuracy": 0.5, "per_setting": []}, "field 'per_setting' must be an object of numbers"),
+    ({"accuracy": 0.5, "per_setting": {"small": None}}, "field 'per_setting' must be an object of numbers"),
+    ({"accuracy": 0.5, "per_setting": {}, "per_question": {"q": "yes"}}, "field 'per_question' must be an object"),
+    ([1, 2], "not an eval.py result file"),
+])
+def test_compare_refuses_wrong_types_in_one_line(content, needle, tmp_path, capsys):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(content))
+    fails(capsys, _compare([path]), str(path), needle)
+
+
+@pytest.mark.parametrize("summary,needle", [
+    ({"final": None}, "'final' must be an eval.py result (an object), got null"),
+    ({"final": {"accuracy": 0.5}}, "'final': field 'per_setting' must be an object of numbers, got null"),
+    ({"no_train": None}, "no 'final' evaluation"),
+])
+def test_compare_refuses_a_damaged_summary_in_one_line(summary, needle, tmp_path, capsys):
+    run = tmp_path / "r-s1"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps(summary))
+    fails(capsys, _compare([run]), f"{run / 'summary.json'}", needle)
+
+
+ROW = {"step": 1, "global_reward": 0.5, **{f"{x}_{a}": 0.3 for x in ("local", "w", "v")
+                                           for a in ("extraction", "profile", "retrieval")}}
+
+
+@pytest.mark.parametrize("log,needle", [
+    (json.dumps(ROW).encode() + b"\n" + json.dumps(ROW | {"step": 2}).encode().replace(b"0.5", b"\xff") + b"\n",
+     "log.jsonl:2: not UTF-8 text"),
+    ((json.dumps(ROW) + "\n" + json.dumps({k: v for k, v in ROW.items() if k != "w_profile"}) + "\n").encode(),
+     "log.jsonl:2: field 'w_profile' must be a number, got null"),
+    ((json.dumps(ROW | {"global_reward": "high"}) + "\n").encode(), "log.jsonl:1: field 'global_reward' must be"),
+])
+def test_plot_reads_logs_line_by_line_naming_file_and_line(log, needle, tmp_path, capsys):
+    run = tmp_path / "r-s1"
+    run.mkdir()
+    (run / "log.jsonl").write_bytes(log)
+    fails(capsys, lambda: command(evaluation.main, evaluation.Args, "", ["--plot", str(run)]),
+          f"{run / 'log.jsonl'}:", needle)
+    assert not (run / "curves.png").exists()
+
+
+@pytest.mark.uses_solutions
+def test_a_non_utf8_log_is_named_on_resume(finished_run, toy_data, tmp_path, capsys):
+    run = _copy_run(finished_run, tmp_path)
+    (run / "log.jsonl").write_bytes((run / "log.jsonl").read_bytes().replace(b"step", b"st\xffp", 1))
+    before = snapshot(run)
+    fails(capsys, lambda: command(train.main, train.Args, "", _args(toy_data, tmp_path / "runs", steps=3, resume=True)),
+          f"{run / 'log.jsonl'}:1: not UTF-8 text")
+    assert snapshot(run) == before
+
+
+# ---------------------------------------------------------------- make_assignment.py
+
+def test_make_assignment_outside_a_git_checkout_is_one_line_and_exit_2(tmp_path):
+    env = {**os.environ, "GIT_DIR": str(tmp_path / "no-git")}  # git cannot find a repository
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_assignment.py"), str(tmp_path / "student")],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith(f"error: {ROOT}: the student copy holds the files git tracks, and git cannot list them")
+    assert not (tmp_path / "student").exists()
+
+
+def test_make_assignment_checks_every_marker_before_writing_anything(tmp_path, monkeypatch, capsys):
+    import make_assignment
+    src = tmp_path / "src"
+    src.mkdir()
+    names = [f"m{k:02d}.py" for k in range(27)] + ["z.py"]
+    for name in names[:-1]:
+        (src / name).write_text("def f():\n    ### BEGIN SOLUTION\n    return 1\n    ### END SOLUTION\n")
+    (src / "z.py").write_text("def g():\n    ### BEGIN SOLUTION\n    return 2\n")
+    monkeypatch.setattr(make_assignment, "ROOT", src)
+    monkeypatch.setattr(make_assignment, "tracked_files", lambda: names)
+    assert make_assignment.main([str(tmp_path / "student")]) == 2
+    assert capsys.readouterr().err.strip() == "error: z:2: BEGIN SOLUTION without its END SOLUTION"
+    assert not (tmp_path / "student").exists() or not any((tmp_path / "student").iterdir())
+
+
+# ---------------------------------------------------------------- right line, right cause
+
+@pytest.mark.uses_solutions
+def test_a_refused_resume_has_changed_nothing(finished_run, toy_data, tmp_path, capsys):
+    run = _copy_run(finished_run, tmp_path)
+    (run / "resumes.jsonl").mkdir()  # a folder that cannot take the resume's record (as a read-only one)
+    before = snapshot(run)
+    fails(capsys, lambda: command(train.main, train.Args, "", _args(toy_data, tmp_path / "runs", steps=3, resume=True)),
+          f"{run / 'resumes.jsonl'}: Is a directory")
+    assert snapshot(run) == before
+
+
+def test_a_first_checkpoint_that_fails_does_not_claim_a_previous_one(toy_data, tmp_path, capsys, monkeypatch):
+    from safetensors import SafetensorError
+
+    def full(*a, **k):
+        raise SafetensorError("Error while serializing: IoError(No space left on device)")
+    monkeypatch.setattr("transformers.PreTrainedModel.save_pretrained", full)
+    line = fails(capsys, lambda: command(train.main, train.Args, "", _args(toy_data, tmp_path / "runs", steps=1)),
+                 "the checkpoint of step 1 could not be written", "there is no earlier checkpoint")
+    assert "intact" not in line and not (tmp_path / "runs" / "comam-s5" / "ckpt.tmp").exists()
+
+
+@pytest.mark.parametrize("cmd", ["eval", "warmstart"])
+def test_ctrl_c_in_eval_and_warmstart_says_what_was_left(cmd, toy_data, tmp_path, capsys, monkeypatch):
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    if cmd == "eval":
+        monkeypatch.setattr(evaluation, "evaluate", interrupted)
+        argv = ["--data", str(toy_data), "--users", "1", "--out", str(tmp_path / "r.json")]
+        main, cls, want = evaluation.main, evaluation.Args, f"interrupted: no result was written ({tmp_path / 'r.json'}"
+    else:
+        monkeypatch.setattr(warmstart, "clone", interrupted)
+        argv = ["--data", str(toy_data), "--steps", "1", "--hidden", "16", "--layers", "1", "--out", str(tmp_path / "ws")]
+        main, cls, want = warmstart.main, warmstart.Args, f"interrupted: nothing was written to {tmp_path / 'ws'}"
+    with pytest.raises(SystemExit) as e:
+        command(main, cls, "", argv)
+    err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    assert e.value.code == 130 and err[-1].startswith(want), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -257,7 +257,7 @@ def test_a_lora_run_resumes_bit_identically(toy_data, toy_chat_model, tmp_path, 
     for role in agents.ROLES:
         a, b = (tmp_path / x / "comam-s3" / "ckpt" / role for x in "ab")
         assert sorted(p.name for p in a.iterdir() if "token" not in p.name and p.suffix != ".jinja") == [
-            "adapter_config.json", "adapter_model.safetensors", "optimizer.pt"]
+            "adapter_base.json", "adapter_config.json", "adapter_model.safetensors", "optimizer.pt"]
         wa, wb = load_file(str(a / "adapter_model.safetensors")), load_file(str(b / "adapter_model.safetensors"))
         assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), role
         moved |= any(torch.count_nonzero(v) > 0 for k, v in wa.items() if "lora_B" in k)
