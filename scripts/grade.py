@@ -148,13 +148,17 @@ def _top_level(tree: ast.Module) -> dict[str, ast.AST]:
     return {node.name: node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
 
 
-def _is_stub(node: ast.FunctionDef) -> bool:
-    """The body (docstring aside) is one `raise NotImplementedError(...)`: the student has not written it."""
-    body = [s for s in node.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
-    if len(body) != 1 or not isinstance(body[0], ast.Raise) or body[0].exc is None:
-        return False
-    exc = body[0].exc.func if isinstance(body[0].exc, ast.Call) else body[0].exc
-    return isinstance(exc, ast.Name) and exc.id == "NotImplementedError"
+def _is_stub(node: ast.FunctionDef, stub: ast.FunctionDef) -> bool:
+    """The student has not written it: the stub as handed out, or a body that still raises
+    NotImplementedError at its top level."""
+    if ast.dump(node) == ast.dump(stub):
+        return True
+    for s in node.body:
+        if isinstance(s, ast.Raise) and s.exc is not None:
+            exc = s.exc.func if isinstance(s.exc, ast.Call) else s.exc
+            if isinstance(exc, ast.Name) and exc.id == "NotImplementedError":
+                return True
+    return False
 
 
 def _literal(node: ast.AST) -> bool:
@@ -248,7 +252,7 @@ def splice(stub_text: str, returned_text: str, graded: list[str], module: str = 
     stub = ast.parse(stub_text)
     stub_defs, theirs = _top_level(stub), _top_level(returned)
     taken = {name: theirs[name] for name in graded if name in theirs and name in stub_defs
-             and not _is_stub(theirs[name])}
+             and not _is_stub(theirs[name], stub_defs[name])}
     known_imports = {ast.unparse(n) for n in stub.body if isinstance(n, (ast.Import, ast.ImportFrom))}
     imports = [n for n in returned.body if isinstance(n, (ast.Import, ast.ImportFrom))
                and ast.unparse(n) not in known_imports and not (isinstance(n, ast.ImportFrom)
@@ -390,21 +394,22 @@ class Child:
                 pass
 
 
-def reference_outputs(tree: Path, n: int) -> list[dict]:
-    """Every case of assignment n run on the reference tree: [{name, uses, rtol, atol, out}]."""
-    child = Child(tree)
+def reference_outputs(tree: Path, assignments) -> dict[int, list[dict]]:
+    """Every case of the assignments run on the reference tree: {n: [{name, uses, rtol, atol, out}]}."""
+    child, out = Child(tree), {}
     try:
-        status, listing = child.ask(f"list {n}", STARTUP_TIMEOUT)
-        if status != "answer" or not listing.get("ok"):
-            raise Refused(f"error: the graded cases do not load on the reference ({status}: {listing})")
-        cases = []
-        for case in listing["cases"]:
-            status, answer = child.ask(f"run {case['name']}", STARTUP_TIMEOUT)
-            if status != "answer" or not answer.get("ok"):
-                raise Refused(f"error: graded case {case['name']} fails on the reference "
-                              f"({status}: {answer if status == 'answer' else ''}); fix {CASES}")
-            cases.append({**case, "out": answer["out"]})
-        return cases
+        for n in assignments:
+            status, listing = child.ask(f"list {n}", STARTUP_TIMEOUT)
+            if status != "answer" or not listing.get("ok"):
+                raise Refused(f"error: the graded cases do not load on the reference ({status}: {listing})")
+            out[n] = []
+            for case in listing["cases"]:
+                status, answer = child.ask(f"run {case['name']}", STARTUP_TIMEOUT)
+                if status != "answer" or not answer.get("ok"):
+                    raise Refused(f"error: graded case {case['name']} fails on the reference "
+                                  f"({status}: {answer if status == 'answer' else ''}); fix {CASES}")
+                out[n].append({**case, "out": answer["out"]})
+        return out
     finally:
         child.close()
 
@@ -465,42 +470,45 @@ def compare(want, got, rtol: float, atol: float, where: str = "output") -> str |
     return f"{where}: an output the grader does not compare ({kw})"
 
 
-def judge(tree: Path, reference: list[dict], case_timeout: float, limit: float) -> list[dict]:
-    """Each reference case run on the student tree, one request at a time: [{name, result, why}]."""
-    results, child, start = [], None, time.monotonic()
+def judge(tree: Path, reference: dict[int, list[dict]], case_timeout: float, limit: float) -> dict[int, list]:
+    """Each reference case run on the student tree, one request at a time, in one child process while it
+    lives (a fresh one after a time-out or a death): {n: [{name, result, why}]}."""
+    results, child = {}, None
     try:
-        for case in reference:
-            left = limit - (time.monotonic() - start)
-            if left <= 0:
-                results.append({"name": case["name"], "result": "timed out",
-                                "why": f"the assignment's time limit ({limit:g} s) ran out before this case"})
-                continue
-            if child is None:
-                child = Child(tree)
-                status, hello = child.ask("hello", min(STARTUP_TIMEOUT, left))
-                if status != "answer":
-                    results.append({"name": case["name"], "result": "timed out" if status == "timeout" else "error",
-                                    "why": "the grading process did not start"
+        for n, cases in reference.items():
+            results[n], start = [], time.monotonic()
+            for case in cases:
+                left = limit - (time.monotonic() - start)
+                if left <= 0:
+                    results[n].append({"name": case["name"], "result": "timed out",
+                                       "why": f"the assignment's time limit ({limit:g} s) ran out before this case"})
+                    continue
+                if child is None:
+                    child = Child(tree)
+                    status, hello = child.ask("hello", min(STARTUP_TIMEOUT, left))
+                    if status != "answer":
+                        results[n].append({"name": case["name"], "result": "timed out" if status == "timeout"
+                                           else "error", "why": "the grading process did not start"
                                            + (f" (exit status {hello})" if status == "died" else "")})
+                        child.close()
+                        child = None
+                        continue
+                wait = min(case_timeout, limit - (time.monotonic() - start))
+                status, answer = child.ask(f"run {case['name']}", max(wait, 0.1))
+                if status == "timeout":
+                    results[n].append({"name": case["name"], "result": "timed out", "why": f"no answer within {wait:g} s"})
+                elif status == "died":
+                    results[n].append({"name": case["name"], "result": "error",
+                                       "why": f"the graded code ended the process (exit status {answer})"})
+                elif not isinstance(answer, dict) or not answer.get("ok"):
+                    error = answer.get("error") if isinstance(answer, dict) else None
+                    results[n].append({"name": case["name"], "result": "error", "why": str(error)[:500]})
+                else:
+                    why = compare(case["out"], answer.get("out"), case["rtol"], case["atol"])
+                    results[n].append({"name": case["name"], "result": "failed" if why else "passed", "why": why})
+                if status != "answer":
                     child.close()
                     child = None
-                    continue
-            status, answer = child.ask(f"run {case['name']}", min(case_timeout, limit - (time.monotonic() - start)))
-            if status == "timeout":
-                results.append({"name": case["name"], "result": "timed out",
-                                "why": f"no answer within {min(case_timeout, left):g} s"})
-            elif status == "died":
-                results.append({"name": case["name"], "result": "error",
-                                "why": f"the graded code ended the process (exit status {answer})"})
-            elif not isinstance(answer, dict) or not answer.get("ok"):
-                error = answer.get("error") if isinstance(answer, dict) else None
-                results.append({"name": case["name"], "result": "error", "why": str(error)[:500]})
-            else:
-                why = compare(case["out"], answer.get("out"), case["rtol"], case["atol"])
-                results.append({"name": case["name"], "result": "failed" if why else "passed", "why": why})
-            if status != "answer":
-                child.close()
-                child = None
     finally:
         if child is not None:
             child.close()
@@ -548,16 +556,16 @@ def grade(returned: Path, assignments=ASSIGNMENTS, out: Path | None = None, refe
             ref_tree = Path(tmp) / "reference"
             write_tree(reference_tree_files(files), ref_tree)
             try:
-                for n in missing:
-                    _REFERENCE[(commit, n)] = reference_outputs(ref_tree, n)
+                for n, cases in reference_outputs(ref_tree, missing).items():
+                    _REFERENCE[(commit, n)] = cases
             finally:
                 shutil.rmtree(ref_tree)
         tree = Path(tmp) / "tree"
         report = {"returned": str(returned), "reference_commit": commit,
                   "code": build_student_tree(returned, files, tree), "assignments": {}}
         out.mkdir(parents=True, exist_ok=True)
-        for n in assignments:
-            results = judge(tree, _REFERENCE[(commit, n)], case_timeout, timeout)
+        judged = judge(tree, {n: _REFERENCE[(commit, n)] for n in assignments}, case_timeout, timeout)
+        for n, results in judged.items():
             report["assignments"][str(n)] = summary(results)
             write_junit(results, n, out / f"assignment{n}.junit.xml")
     (out / "report.json").write_text(json.dumps(report, indent=2))

@@ -64,7 +64,7 @@ def call(fn, *args, **kwargs):
 
 def encode(x):
     """Plain JSON for the grader: tensors and arrays as {"$tensor"/"$array": dtype, shape, device, data}."""
-    import torch
+    torch = sys.modules.get("torch")
     if isinstance(x, Raised):
         return {"$error": x.name}
     if x is None or isinstance(x, (bool, str)):
@@ -75,7 +75,7 @@ def encode(x):
         return int(x)
     if isinstance(x, (float, np.floating)):
         return float(x)
-    if isinstance(x, torch.Tensor):
+    if torch is not None and isinstance(x, torch.Tensor):
         t = x.detach()
         data = None if t.device.type == "meta" else t.cpu().reshape(-1).tolist()
         return {"$tensor": {"dtype": str(t.dtype), "shape": list(t.shape), "device": t.device.type, "data": data}}
@@ -110,10 +110,10 @@ def serve() -> None:
 
 
 def run(name: str) -> dict:
-    import torch
     random.seed(0)
     np.random.seed(0)
-    torch.manual_seed(0)
+    if "torch" in sys.modules:  # the rewards and credit cases need no torch: a faster start
+        sys.modules["torch"].manual_seed(0)
     try:
         return {"ok": True, "out": encode(CASES[name].fn())}
     except BaseException as e:  # noqa: BLE001 - SystemExit and KeyboardInterrupt from the code too
