@@ -626,36 +626,14 @@ def rollout_samples_at_the_given_temperature_and_generator():
     return [[float(t), g is gen] for t, g in seen]
 
 
-def rigged_policy(next_logits: dict[int, dict[int, float]]):
-    """A real tiny Qwen2 on the toy tokenizer whose next-token logits depend on the last token only:
-    after token x, logit next_logits[x][y] for each listed y and -100 for every other token."""
-    import torch
-    import models
-    _, tok = toy()
-    model = models.build_tiny(tok, hidden=32, layers=1, heads=2, seed=0)
-    with torch.no_grad():
-        for layer in model.model.layers:  # no attention, no MLP: the hidden state is the token's embedding
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-        xs = sorted(next_logits)
-        h = model.model(input_ids=torch.tensor([xs])).last_hidden_state[0].double()  # (n, H), n <= H
-        want = torch.full((len(xs), model.config.vocab_size), -100.0, dtype=torch.float64)
-        for i, x in enumerate(xs):
-            for y, logit in next_logits[x].items():
-                want[i, y] = logit
-        head = torch.linalg.lstsq(h, want).solution.T  # (V, H): h @ head.T = want
-        model.config.tie_word_embeddings = False
-        model.lm_head.weight = torch.nn.Parameter(head.float().contiguous())
-    return models.Policy(model, tok, "rigged")
+def rigged_policy(next_logits):
+    from conftest import rigged_policy  # tests/conftest.py: the project's own sampler tests use it too
+    return rigged_policy(toy()[1], next_logits)
 
 
 def chain_policy():
-    """Next tokens certain: 7 -> 8 -> 9 -> EOS, 9 after a prompt too; 4 -> 11 -> 12 -> ... (no EOS), and
-    EOS -> 10 (what a sampler that goes on after EOS would write)."""
-    eos = toy()[1].eos_token_id
-    table = {7: {8: 20.0}, 8: {9: 20.0}, 9: {eos: 20.0}, eos: {10: 20.0}, 10: {10: 20.0}, 4: {11: 20.0}}
-    table.update({k: {k + 1: 20.0} for k in range(11, 17)})
-    return rigged_policy(table)
+    from conftest import chain_table
+    return rigged_policy(chain_table(toy()[1].eos_token_id))
 
 
 @case(4, SAMPLE, rtol=1e-4, atol=1e-4)
