@@ -651,16 +651,17 @@ def sampler_keeps_eos_and_nothing_after():
     return out
 
 
-@case(4, SAMPLE, rtol=0.0, atol=0.04)
+@case(4, SAMPLE, rtol=0.0, atol=0.05)
 def sampler_follows_the_temperature():
-    """A two-token model (logits 1 and 0 after token 20): the share of the first over 4000 draws at
-    T = 0.5, 1, 2 (softmax(logits / T): 0.881, 0.731, 0.622), and the log-prob it reports for each."""
+    """A two-token model (logits 1 and 0 after token 20): the share of the first over 3000 draws at
+    T = 0.5 and 2 (softmax(logits / T): 0.881 and 0.622; 0.731 for a sampler that ignores T), and the
+    log-prob it reports for each. Compared with the reference's own draws: 4 standard errors apart."""
     import torch
     import models
     pol = rigged_policy({20: {21: 1.0, 22: 0.0}})
     out = []
-    for temperature in (0.5, 1.0, 2.0):
-        comps, lps = models.sample(pol, [[20]] * 4000, 1, temperature, generator=torch.Generator().manual_seed(2))
+    for temperature in (0.5, 2.0):
+        comps, lps = models.sample(pol, [[20]] * 3000, 1, temperature, generator=torch.Generator().manual_seed(2))
         comps, lps = ints(comps), floats(lps)
         first = sum(1 for c in comps if c == [21]) / len(comps)
         logp = {}
