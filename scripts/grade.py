@@ -259,7 +259,8 @@ def splice(stub_text: str, returned_text: str, graded: list[str], module: str = 
                                                               and n.module == "__future__")]
     helpers = [n for name, n in theirs.items() if name not in stub_defs]
     constants = _new_constants(returned, stub)
-    problem = refusal(list(taken.values()) + helpers + imports + constants, taken, stub_defs, module)
+    present = {name: theirs[name] for name in graded if name in theirs and name in stub_defs}
+    problem = refusal(list(taken.values()) + helpers + imports + constants, present, stub_defs, module)
     if problem:
         note["stub_kept"] = list(graded)
         note["refused"] = problem

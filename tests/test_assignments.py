@@ -302,7 +302,7 @@ def test_a_process_exit_and_an_untaken_constant_are_explained(student, tmp_path,
                for line in lines), lines
 
 
-def test_grading_takes_only_the_graded_functions_helpers_and_literal_constants(tmp_path, solved, reference):
+def test_grading_takes_only_the_graded_functions_helpers_and_literal_constants(tmp_path, student, solved, reference):
     """A returned credit.py with its graded functions written through a new helper, a new import and a new
     literal constant, plus module-level code that tries to tamper: the functions, the helper, the import
     and the constant are taken, the module-level code is not; the grade is full."""
@@ -313,7 +313,7 @@ def test_grading_takes_only_the_graded_functions_helpers_and_literal_constants(t
                             + NDCG_SIGNATURE + "    assert _my_helper() == 1.0\n")
     source = "import statistics\n_ONE = 1.0\n" + source + "\nstatistics.TAMPERED = True\n"
     (returned / "credit.py").write_text(source)
-    text, note = grade.splice((ROOT / "credit.py").read_text(), source, ["ndcg", "group_advantages"])
+    text, note = grade.splice((student / "credit.py").read_text(), source, ["ndcg", "group_advantages"])
     assert note["taken"] == ["ndcg", "group_advantages"] and note["helpers"] == ["_my_helper"]
     assert note["imports"] == ["import statistics"] and note["constants"] == ["_ONE = 1.0"]
     assert "TAMPERED" not in text and "refused" not in note
