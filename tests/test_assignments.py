@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -58,6 +59,23 @@ def test_the_student_copy_holds_no_solution_and_imports(student):
     r = subprocess.run([sys.executable, "-c", "import agents, comam, credit, rewards, train, eval, warmstart"],
                        cwd=student, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_the_student_copy_names_no_file_it_lacks_and_no_path_of_the_machine(student):
+    """No absolute path of the machine that trained a shipped checkpoint (warmstart.json records its
+    flags), and no file named in the copy's README, docs, settings, code or tests that the copy lacks
+    (the instructor's guide, the grading tools, the hidden references). The reference keeps both."""
+    records = sorted(student.glob("checkpoints/*/warmstart.json"))
+    assert records and all(json.loads(r.read_text()) for r in records)
+    for record in records:
+        assert '"/' not in record.read_text(), record
+    named = re.compile(r"\b((?:docs|scripts|tests|data|checkpoints)/[\w./-]*\w\.(?:py|md|ini|json|sh|txt))")
+    texts = [student / "README.md", student / "pytest.ini", *student.glob("docs/*.md"), *student.glob("*.py"),
+             *student.glob("scripts/*"), *student.glob("tests/*.py"), *student.glob("data/*.py")]
+    missing = {f"{path.relative_to(student)}: {name}" for path in texts for name in named.findall(path.read_text())
+               if not (student / name).exists()}
+    assert not missing, sorted(missing)
+    assert "scripts/grade.py" in (ROOT / "README.md").read_text()  # the reference still names its tools
 
 
 @pytest.mark.parametrize("marker", GRADED)

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 # Stored results of plain float64 loops over every token (the instructor's reference, kept out of the
-# student copy; tests/hidden/make_cases.py wrote them): inputs of B = 5 rows of T = 7 tokens whose
+# student copy, wrote them): inputs of B = 5 rows of T = 7 tokens whose
 # ratios fall inside and outside [0.8, 1.2], rows of 7, 1, 4, 0 and 3 tokens, and the loss.
 LOSS_CASES = json.loads((Path(__file__).parent / "fixtures" / "loss_cases.json").read_text())
 
