@@ -99,8 +99,8 @@ def test_the_paper_map_has_a_row_for_every_equation_and_part_of_algorithm_1():
 
 
 def test_the_assignment_guide_counts_the_graded_tests_pytest_collects():
-    """docs/assignments.md's table says how many visible graded tests each assignment has, and how many
-    graded cases scripts/grade.py runs (tests/hidden/cases.py)."""
+    """The instructor's guide's table says how many visible graded tests each assignment has, and how many
+    graded cases the grader runs (the hidden folder's cases module). Neither is in a student copy."""
     if not (ROOT / "docs" / "assignments.md").exists():
         pytest.skip("the instructor's guide is not in a student copy")
     sys.path.insert(0, str(ROOT / "tests" / "hidden"))
