@@ -433,7 +433,9 @@ def compare(want, got, rtol: float, atol: float, where: str = "output") -> str |
     """None when `got` (the student's encoded output) equals `want` (the reference's), else why not."""
     kw, kg = _kind(want), _kind(got)
     if kw != kg:
-        return f"{where}: {kg} where the reference gives {kw}"
+        words = {"$tensor": "a tensor", "$array": "an array", "$error": "an exception", "number": "a number",
+                 "text": "a string", "list": "a list", "dict": "a dict", "None": "None", "other": "something else"}
+        return f"{where}: {words.get(kg, kg)} where the reference gives {words.get(kw, kw)}"
     if kw == "number":
         return None if _close(float(got), float(want), rtol, atol) else f"{where}: {got!r}, the reference {want!r}"
     if kw in ("text", "None", "$error"):
