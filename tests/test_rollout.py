@@ -13,7 +13,7 @@ import models
 import comam
 from agents import Budgets, MaxNew
 
-pytestmark = pytest.mark.assignment4  # graded: see docs/assignments.md
+pytestmark = pytest.mark.assignment4  # graded: see docs/assignment-handout.md
 
 
 def test_groups_of_g_full_chains_per_query(scripted, toy_policy, toy_train):

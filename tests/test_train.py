@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 # Stored results of plain float64 loops over every token (the instructor's reference, kept out of the
-# student copy; tests/hidden/make_cases.py wrote them): inputs of B = 5 rows of T = 7 tokens whose
+# student copy, wrote them): inputs of B = 5 rows of T = 7 tokens whose
 # ratios fall inside and outside [0.8, 1.2], rows of 7, 1, 4, 0 and 3 tokens, and the loss.
 LOSS_CASES = json.loads((Path(__file__).parent / "fixtures" / "loss_cases.json").read_text())
 
@@ -94,6 +94,34 @@ def test_policy_loss_stats_are_sums_and_the_loss_keeps_its_dtype():
     assert stats["tokens"] == 3.0 and stats["clip_frac"] == 2.0, stats  # counts, not fractions
     assert stats["kl"] == pytest.approx(kl, rel=1e-12), stats  # a sum, not a mean
     assert loss.dtype == torch.float64  # no cast: the hidden check compares at rel 1e-9
+
+
+@pytest.mark.assignment3
+@pytest.mark.parametrize("agg", ["token", "sequence"])
+def test_policy_loss_backward_with_a_reference_and_kl_beta(agg):
+    """kl_beta > 0 with a reference (train.py --kl-beta): backward runs (an in-place op on the k3 term's
+    exp breaks it) and gives, at ratio 1, d loss / d logp = (-A_i + beta * (1 - exp(ref - logp))) * mask
+    / denom (token) or / (len_i * denom) (sequence), the k3 term's derivative worked by hand; the loss
+    is the float64 formula; the stats are Python floats (train.py logs them as JSON)."""
+    g = torch.Generator().manual_seed(5)
+    logp = -torch.rand(3, 4, generator=g, dtype=torch.float64) * 2
+    ref = logp + torch.rand(3, 4, generator=g, dtype=torch.float64) - 0.5
+    adv = torch.tensor([1.0, -0.5, 2.0], dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]], dtype=torch.float64)
+    beta = 0.3
+    denom = mask.sum().item() if agg == "token" else 3.0
+    x = logp.clone().requires_grad_(True)
+    loss, stats = policy_loss(x, logp.clone(), adv, mask, 0.2, denom, agg, ref, beta)
+    loss.backward()
+    d = ref - logp
+    k3 = torch.exp(d) - d - 1
+    scale = mask / denom if agg == "token" else mask / (mask.sum(-1, keepdim=True) * denom)
+    assert loss.item() == pytest.approx(((-adv[:, None] + beta * k3) * scale).sum().item(), rel=1e-12)
+    want = (-adv[:, None] + beta * (1 - torch.exp(d))) * scale
+    assert torch.allclose(x.grad, want, atol=1e-12), f"{agg}: d loss / d logp = {x.grad.tolist()}, expected {want.tolist()}"
+    assert {k: type(v) for k, v in stats.items()} == {"clip_frac": float, "kl": float, "tokens": float}, stats
+    assert stats["kl"] == pytest.approx((k3 * mask).sum().item(), rel=1e-12) and stats["tokens"] == 7.0
+    json.dumps(stats)
 
 
 @pytest.mark.assignment3
