@@ -11,6 +11,10 @@ re-tokenised: the update scores exactly these tokens), plus the four rewards of 
 In evaluation (`build_memory` + `answer`), construction runs session by session over the whole
 history, memory accumulating (App. B.1; docs/method.md, decision 9), and the retrieval agent answers
 each query.
+
+Train as deployed (`rollout_over_history`, `train.py --train-sessions K`, docs/method.md, decision 21):
+a training trajectory is that same deployed process at training size, `build_memory` over the evidence
+session and the K sessions before it, then `answer`, with every sampled action recorded for the update.
 """
 from __future__ import annotations
 
@@ -43,19 +47,43 @@ class Trajectory:
     profile: list[str] = field(default_factory=list)  # M_c
     retrieved: list[int] = field(default_factory=list)  # E'_q (global line ids)
     answer: str | None = None  # chosen letter, None = unparsed
-    actions: dict[str, Action] = field(default_factory=dict)  # role -> action
+    actions: dict[str, Action] = field(default_factory=dict)  # role -> action (the last one, over a history)
     local_rewards: list[float] = field(default_factory=list)  # r_0, r_1, r_2 (NaN = unavailable)
     global_reward: float = 0.0  # r_3
+    # the memory this trajectory was answered from, when it was built over a history (`build_memory`:
+    # deployment, and training with --train-sessions K); None = Sec. 4.2's single evidence session
+    memory: Memory | None = None
+
+    def taken(self, role: str) -> list[Action]:
+        """Every action `role` took in this trajectory, in order. Sec. 4.2: one per agent. Over a history
+        (decision 21): one extraction and one profile action per session (`Memory.actions`; an empty one
+        where the profile agent was not called), and one retrieval action."""
+        if self.memory is not None and self.memory.actions and role != "retrieval":
+            return [a[role] for a in self.memory.actions]
+        return [self.actions[role]]
 
     def score(self) -> None:
-        """Eqs. 9-12: local rewards of the three agents and the global reward."""
+        """Eqs. 9-12: local rewards of the three agents and the global reward.
+
+        Over a history (`memory` set): Eq. 9 scores all the kept lines M_f of every session against E_q,
+        and Eq. 10 scores all the statements M_c against the ground-truth statements of every session
+        the memory was built from (docs/method.md, decision 21); otherwise against the evidence session's.
+        """
         ex, nan = self.example, float("nan")
-        session = ex.sessions[ex.evidence_session] if ex.evidence_session is not None else None
         r0 = extraction_reward([l.id for l in self.memory_lines], ex.evidence)
-        r1 = profile_reward(self.profile, session.profile if session else None)
+        r1 = profile_reward(self.profile, self._gold_profile())
         r2 = retrieval_reward(self.retrieved, ex.evidence)
         self.local_rewards = [nan if r is None else r for r in (r0, r1, r2)]
         self.global_reward = global_reward(self.answer, ex.gold)
+
+    def _gold_profile(self) -> list[str] | None:
+        """The ground-truth statements Eq. 10 scores against: the evidence session's (Sec. 4.2), or those
+        of every session the memory was built from (None: unavailable, as in PersonaMem)."""
+        ex = self.example
+        if self.memory is not None and self.memory.sessions:
+            golds = [ex.sessions[k].profile for k in self.memory.sessions if k is not None]
+            return None if any(g is None for g in golds) else [st for g in golds for st in g]
+        return ex.sessions[ex.evidence_session].profile if ex.evidence_session is not None else None
 
 
 # ======================================================================== one step per agent
@@ -158,6 +186,9 @@ class Memory:
     sessions: list[int | None] = field(default_factory=list)  # the index of each of those sessions
     failures: dict[str, int] = field(default_factory=lambda: {"extraction": 0, "profile": 0})
     calls: int = 0
+    # per session, the construction agents' actions as sampled ({"extraction": ..., "profile": ...}):
+    # what training over a history updates (decision 21)
+    actions: list[dict[str, Action]] = field(default_factory=list)
 
 
 @torch.no_grad()
@@ -165,7 +196,8 @@ def build_memory(policies: dict[str, Policy], histories: dict[str, list[list[Lin
                  max_new: MaxNew, temperature: float, generator=None, progress=None) -> dict[str, Memory]:
     """Run extraction then profile session by session over each user's history, memory accumulating.
 
-    Batched across users: step s processes session s of every user that has one.
+    Batched across users: step s processes session s of every user that has one. Every action taken is
+    recorded (`Memory.actions`): training over a history (`rollout_over_history`) updates exactly these.
     """
     memories = {u: Memory() for u in histories}
     for s in range(max(len(h) for h in histories.values())):
@@ -183,6 +215,7 @@ def build_memory(policies: dict[str, Policy], histories: dict[str, list[list[Lin
             m.failures["extraction"] += not a0.ok
             m.failures["profile"] += not a1.ok
             m.calls += 1
+            m.actions.append({"extraction": a0, "profile": a1})
         if progress:
             progress(s)
     return memories
@@ -197,7 +230,41 @@ def answer(policies: dict[str, Policy], examples: list[Example], memories: list[
     trajs = []
     for ex, m, (act, ids, letter) in zip(examples, memories, run_retrieval(
             policies["retrieval"], items, budgets, max_new.retrieval, temperature, generator, progress)):
-        t = Trajectory(ex, m.memory_lines, m.profile, ids, letter, {"retrieval": act})
+        built = m.actions[-1] if m.actions else {}  # the construction agents' last actions, when it built the memory
+        t = Trajectory(ex, m.memory_lines, m.profile, ids, letter, built | {"retrieval": act}, memory=m)
         t.score()
         trajs.append(t)
     return trajs
+
+
+# ======================================================================== train as deployed (decision 21)
+
+def history_window(ex: Example, sessions_before: int) -> list[int]:
+    """The sessions one training trajectory covers: the evidence session and the `sessions_before`
+    sessions before it (fewer when the history starts later), in history order."""
+    return list(range(max(0, ex.evidence_session - sessions_before), ex.evidence_session + 1))
+
+
+def rollout_over_history(policies: dict[str, Policy], examples: list[Example], group_size: int,
+                         sessions_before: int, budgets: Budgets, max_new: MaxNew, temperature: float = 1.0,
+                         generator=None) -> list[list[Trajectory]]:
+    """Train as deployed (`train.py --train-sessions K`; docs/method.md, decision 21): G trajectories per
+    query, each the deployed process at training size, re-sampled whole. `build_memory` runs the
+    extraction agent on each of the `history_window` sessions (K + 1 actions) and the profile agent on
+    each session's kept lines, memory accumulating; `answer` runs the retrieval-and-answer agent on the
+    accumulated memory with the deployed budgets. The same two functions build and answer the memory
+    in evaluation, so what is trained is what is deployed.
+
+    Returns Q groups of G trajectories, query-major as `rollout`'s. Each holds its `memory` (with every
+    construction action, `Memory.actions`; `Trajectory.taken(role)` lists an agent's actions), M_f and
+    M_c accumulated over the window, `actions[role]` the last action of each agent (the evidence
+    session's for the construction agents), and is scored (Eqs. 9-12, over the window: `score`).
+    With K = 0 the window is the evidence session alone, but this is not `rollout` (whose batching and
+    random stream differ); `train.py` runs `rollout` there, the paper's setting.
+    """
+    queries = [ex for ex in examples for _ in range(group_size)]  # query-major, as in rollout
+    histories = {k: [ex.session_lines(s) for s in history_window(ex, sessions_before)] for k, ex in enumerate(queries)}
+    memories = build_memory(policies, histories, budgets, max_new, temperature, generator)
+    answered = answer(policies, queries, [memories[k] for k in range(len(queries))], budgets,
+                      max_new, temperature, generator)
+    return [answered[i:i + group_size] for i in range(0, len(answered), group_size)]

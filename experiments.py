@@ -1,5 +1,6 @@
 """Experiments beyond the paper, and the one place where they enter a training step.
 
+    python train.py --train-sessions 3      # train as deployed: memory over the evidence session and 3 before it
     python train.py --mislead extraction    # plant a local reward that points the wrong way
     python train.py --context-sessions 3    # memory from earlier sessions in the retrieval agent's input
     python train.py --extraction-alpha 0.5  # Eq. 9 with less weight on recall (the paper: 0.8)
@@ -7,6 +8,15 @@
 
 `train.train_step` calls `rollout` below instead of `comam.rollout` when one of these flags is set
 (`active`); nothing else in the core code knows about them.
+
+--train-sessions K (docs/method.md, decision 21): a training trajectory is what deployment does, at
+training size: `comam.rollout_over_history` runs `comam.build_memory` over the evidence session and
+the K sessions before it, then `comam.answer`, and every action each agent took is trained with that
+trajectory's advantage for that agent. Logged beside the usual keys (which describe the last action of
+each agent): per trajectory, the sessions covered (`sessions`), the kept lines (`kept_lines`), the
+actions of each agent (`actions_<agent>`, profile actions only where it was called) and their
+format-failure rate (`format_fail_all_<agent>`); per step, the tokens the agents generated
+(`gen_tokens`) and read in their prompts (`prompt_tokens`), the cost of a step.
 
 --mislead AGENT replaces one agent's local reward by a planted one that points the wrong way
 (`rewards.assistant_share_reward` for extraction, `rewards.statement_count_reward` for profile), to
@@ -44,17 +54,21 @@ from data.example import Example, Line
 
 def active(args) -> bool:
     return (args.mislead != "none" or args.context_sessions > 0 or args.extraction_alpha != rewards.EXTRACTION_ALPHA
-            or args.retrieval_needs_answer)
+            or args.retrieval_needs_answer or args.train_sessions > 0)
 
 
 def rollout(policies, queries: list[Example], args, budgets, max_new, generator) -> tuple[list, dict]:
     """comam.rollout with the experiments of `args` applied; returns (groups, extra log keys)."""
-    if args.context_sessions:
+    extra = {}
+    if args.train_sessions:
+        groups = comam.rollout_over_history(policies, queries, args.group_size, args.train_sessions, budgets,
+                                            max_new, args.temperature, generator)
+        extra |= history_stats(groups)
+    elif args.context_sessions:
         groups = rollout_with_prior_memory(policies, queries, args.group_size, budgets, max_new,
                                            args.temperature, generator, args.context_sessions)
     else:
         groups = comam.rollout(policies, queries, args.group_size, budgets, max_new, args.temperature, generator)
-    extra = {}
     if args.extraction_alpha != rewards.EXTRACTION_ALPHA:
         extra["paper_local_extraction"] = rescore_extraction(groups, args.extraction_alpha)
     if args.retrieval_needs_answer:
@@ -62,6 +76,21 @@ def rollout(policies, queries: list[Example], args, budgets, max_new, generator)
     if args.mislead != "none":
         extra[f"paper_local_{args.mislead}"] = plant_misleading_reward(groups, args.mislead)
     return groups, extra
+
+
+def history_stats(groups) -> dict:
+    """--train-sessions: what the trajectories over a history hold and cost (log keys; see above).
+    Tokens count every action of every agent, prompt and completion (an agent not called adds none)."""
+    trajs = [t for g in groups for t in g]
+    acts = [(role, a) for t in trajs for role in agents.ROLES for a in t.taken(role) if a.completion]
+    row = {"sessions": float(np.mean([len(t.memory.actions) for t in trajs])),
+           "kept_lines": float(np.mean([len(t.memory_lines) for t in trajs])),
+           "gen_tokens": sum(len(a.completion) for _, a in acts), "prompt_tokens": sum(len(a.prompt) for _, a in acts)}
+    for role in agents.ROLES:
+        mine = [a for r, a in acts if r == role]
+        row[f"actions_{role}"] = len(mine) / len(trajs)
+        row[f"format_fail_all_{role}"] = float(np.mean([not a.ok for a in mine])) if mine else 0.0
+    return row
 
 
 def batch_mean(rewards_of_batch: list[float]) -> float:

@@ -75,6 +75,9 @@ def check_args(args) -> None:
     choice(args.eval_history, "--eval-history", ("whole", "evidence"))
     choice(args.mislead, "--mislead", ("none",) + agents.ROLES[:2])
     positive(args.context_sessions, "--context-sessions", 0)
+    positive(args.train_sessions, "--train-sessions", 0)
+    check(not (args.train_sessions and args.context_sessions), "--train-sessions builds the memory of the sessions "
+          "before the evidence session with the agents themselves; --context-sessions puts a perfect one there: give one of them")
     finite(args.extraction_alpha, "--extraction-alpha")
     check(args.extraction_alpha <= 1.0, f"--extraction-alpha must be in [0, 1], got {args.extraction_alpha}")
     check(not (args.mislead == "extraction" and args.extraction_alpha != rewards.EXTRACTION_ALPHA),

@@ -18,8 +18,8 @@ The file reads top-down as the paper's Algorithm 1 (docs/method.md, "Algorithm 1
     A1.5  one clipped policy-gradient update of every trained agent                update_policies, grpo_update
     A1.6  the loss of that update (Eq. 16's objective, GRPO's Eqs. 6-8)            policy_loss
 Run bookkeeping (folders, checkpoints, resume, logs) is runs.py's; experiments beyond the paper
-(--mislead, --context-sessions, --extraction-alpha, --retrieval-needs-answer) enter the step in one
-place, experiments.py.
+(--train-sessions, --mislead, --context-sessions, --extraction-alpha, --retrieval-needs-answer) enter
+the step in one place, experiments.py.
 Logs go to runs/<exp-name>-s<seed>/log.jsonl (one JSON object per step), checkpoints to .../ckpt.
 """
 from __future__ import annotations
@@ -84,6 +84,8 @@ class Args:
     """eq15: r_n + w_n r_3 (paper text) | alg1: r_3 + w_n r_n (Algorithm 1)"""
     mislead: str = "none"
     """plant a misleading local reward (not in the paper): none | extraction (r_0 = share of kept lines that are assistant turns) | profile (r_1 = statement count / 8)"""
+    train_sessions: int = 0
+    """train as deployed: a trajectory builds memory over the evidence session and the K sessions before it, as evaluation does, every action trained (0 = the paper's setting, the evidence session alone)"""
     context_sessions: int = 0
     """in training, the retrieval agent's memory also holds the informative lines and statements of the N sessions before the evidence session (0 = the paper's setting)"""
     extraction_alpha: float = rewards.EXTRACTION_ALPHA
@@ -211,7 +213,7 @@ def train_step(step: int, run: runs.Run, refs: dict, train_set: list[Example], b
     for p in unique(policies).values():
         p.model.eval()
     with autocast(device, args.precision):
-        if experiments.active(args):  # --mislead, --context-sessions, ...: beyond the paper
+        if experiments.active(args):  # --train-sessions, --mislead, ...: beyond the paper
             groups, extra_log = experiments.rollout(policies, queries, args, budgets, max_new, gen)
         else:
             groups, extra_log = comam.rollout(policies, queries, args.group_size, budgets, max_new,
@@ -259,9 +261,9 @@ def credit_step(groups: list[list[comam.Trajectory]], args: Args) -> tuple[dict[
         adv = group_advantages(r_final)  # (3, G)
         for n, role in enumerate(agents.ROLES):
             for t, a in zip(group, adv[n]):
-                act = t.actions[role]
-                if act.completion:  # an agent that was not called (empty input) took no action
-                    batches[role].append((act.prompt, act.completion, float(a)))
+                for act in t.taken(role):  # one action; over a history, every one the agent took (decision 21)
+                    if act.completion:  # an agent that was not called (empty input) took no action
+                        batches[role].append((act.prompt, act.completion, float(a)))
         logs["v"].append(v)
         logs["w"].append(w)
         logs["local_rewards"].append(np.nanmean(local_rewards, axis=1) if not np.isnan(local_rewards).all()
