@@ -553,10 +553,11 @@ def one_update_with_micro_batches():
 @case(3, LOGPROBS, rtol=1e-5, atol=1e-6)
 def shared_prompt_log_probs_equal_the_plain_path():
     import models
+    import sharing
     pol = toy_policy(seed=4, layers=2)
     prompts, comps = [[5, 6, 7, 8, 9]] * 3 + [[10, 11, 12]] * 2, [[20, 21, 1], [22], [23, 24, 25, 26], [27, 1],
                                                                    [28, 29]]
-    return [list(models.shared_completion_logprobs(pol.model, prompts, comps, pol.pad_id, 0.7)),
+    return [list(sharing.completion_logprobs(pol.model, prompts, comps, pol.pad_id, 0.7)),
             list(models.completion_logprobs(pol.model, prompts, comps, pol.pad_id, 0.7))]
 
 
@@ -687,6 +688,7 @@ def greedy_sampling_with_left_padding_and_shared_prompts():
     import dataclasses
     import agents
     import models
+    import sharing
     examples, _ = toy()
     pol = toy_policy()
     histories = [ex.session_lines(ex.evidence_session) for ex in examples[:6]]
@@ -696,5 +698,5 @@ def greedy_sampling_with_left_padding_and_shared_prompts():
     instruction = list(range(20, 44))
     shared = [instruction + [50]] * 2 + [instruction + [51, 52, 53]] + [instruction + [54, 55]]
     for share in (False, True):
-        out.append(models.sample(dataclasses.replace(pol, share_prompts=share), shared, 6, 0.0))
+        out.append(models.sample(dataclasses.replace(pol, sharing=sharing if share else None), shared, 6, 0.0))
     return [[ints(c), floats(l)] for c, l in out]
