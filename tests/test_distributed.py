@@ -190,6 +190,7 @@ def test_a_stopped_rank_is_named_after_the_timeout_not_waited_for(toy_data, toy_
     assert 'train.py", line' not in err  # no traceback from our code on either rank
 
 
+@pytest.mark.uses_solutions
 def test_a_torchrun_job_beside_a_run_on_the_same_folder_is_one_line_per_rank(toy_data, toy_warmstart, tmp_path):
     code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from cli import FolderLock; import time; "
             f"lock = FolderLock({str(tmp_path / 'runs' / 'comam-s3')!r}); print('locked', flush=True); time.sleep(600)")

@@ -569,6 +569,7 @@ def test_warmstart_refuses_adapters_on_a_tiny_model_it_would_not_save(toy_data, 
     assert not (tmp_path / "ws").exists()
 
 
+@pytest.mark.uses_solutions
 def test_merge_lora_on_a_full_disk_is_one_line_and_leaves_nothing(toy_warmstart, tmp_path, capsys, monkeypatch):
     import transformers
 
