@@ -339,13 +339,15 @@ def open_run(args, device: str) -> Run:
     if writer:
         check(os.access(run, os.W_OK) and all(os.access(p, os.W_OK) for p in run.iterdir() if p.is_file()),
               f"{run}: the run folder (or a file in it) is not writable; nothing was changed")
+        kept_log = kept_log_lines(run / "log.jsonl", start)  # a damaged log refuses the resume: nothing changed yet
         # the one append first: a folder that refuses it has had nothing else changed
         with open(run / "resumes.jsonl", "a") as f:
             f.write(json.dumps({"at_step": start, "steps": args.steps, "eval_every": args.eval_every,
                                 "save_every": args.save_every, "micro_batch": args.micro_batch,
                                 "device": args.device, "processes": distributed.world()}) + "\n")
         write_marker(run, args)
-        truncate_log(run / "log.jsonl", start)
+        if kept_log is not None:
+            (run / "log.jsonl").write_text(kept_log)
         (run / "args.json").write_text(json.dumps(asdict(args), indent=2))  # the flags in use from now on
         print(f"resuming {run} at step {start}")
     return Run(run, policies, opts, start, state.get("planned_steps", state.get("args", {}).get("steps", args.steps)),
@@ -418,10 +420,17 @@ def load_optimizer(opt: torch.optim.Optimizer, path: Path, device: str) -> None:
 
 
 def truncate_log(path: Path, step: int) -> None:
-    """Keep the log lines of steps up to `step` (the checkpoint's). A last line cut short by a kill is
-    dropped; any other line that does not parse is an InputError naming it."""
+    """Keep the log lines of steps up to `step` (the checkpoint's): `kept_log_lines`, written back."""
+    kept = kept_log_lines(path, step)
+    if kept is not None:
+        path.write_text(kept)
+
+
+def kept_log_lines(path: Path, step: int) -> str | None:
+    """The log's text with the lines of steps up to `step` only (None: no log). A last line cut short
+    by a kill is dropped; any other line that does not parse is an InputError naming it."""
     if not path.exists():
-        return
+        return None
     lines, kept = read_lines(path), []
     for k, line in lines:
         try:
@@ -433,7 +442,7 @@ def truncate_log(path: Path, step: int) -> None:
               f"{path}:{k}: not a log row (an object with a whole 'step'); the log is damaged")
         if row.get("step", 0) <= step:
             kept.append(line)
-    path.write_text("".join(l + "\n" for l in kept))
+    return "".join(l + "\n" for l in kept)
 
 
 # ======================================================================== evaluations and logs
