@@ -419,13 +419,6 @@ def load_optimizer(opt: torch.optim.Optimizer, path: Path, device: str) -> None:
         raise InputError(f"{path}: cannot use this optimizer state ({first}); the checkpoint is damaged") from None
 
 
-def truncate_log(path: Path, step: int) -> None:
-    """Keep the log lines of steps up to `step` (the checkpoint's): `kept_log_lines`, written back."""
-    kept = kept_log_lines(path, step)
-    if kept is not None:
-        path.write_text(kept)
-
-
 def kept_log_lines(path: Path, step: int) -> str | None:
     """The log's text with the lines of steps up to `step` only (None: no log). A last line cut short
     by a kill is dropped; any other line that does not parse is an InputError naming it."""
