@@ -35,13 +35,15 @@ train() {  # name seed flags...
     --eval-history whole --eval-users 1 --out "$OUT" "$@"
   evaluate "$name" "$s"
 }
-for s in $SEEDS; do
-  evaluate no-train "$s"
-  train CoMAM "$s"
-  for k in $KS; do train "CoMAM-K$k" "$s" --train-sessions "$k"; done
-  train equal-share "$s" --credit equal
-  train equal-share-K3 "$s" --train-sessions 3 --credit equal
-done
+# Row-major (every seed of a row before the next row), so that a run stopped early leaves whole rows:
+# the paper setting, the first K, equal share under both settings, then the other Ks.
+FIRST_K=${KS%% *}
+for s in $SEEDS; do evaluate no-train "$s"; done
+for s in $SEEDS; do train CoMAM "$s"; done
+for s in $SEEDS; do train "CoMAM-K$FIRST_K" "$s" --train-sessions "$FIRST_K"; done
+for s in $SEEDS; do train "equal-share-K$FIRST_K" "$s" --train-sessions "$FIRST_K" --credit equal; done
+for s in $SEEDS; do train equal-share "$s" --credit equal; done
+for k in ${KS#"$FIRST_K"}; do for s in $SEEDS; do train "CoMAM-K$k" "$s" --train-sessions "$k"; done; done
 
 table() {  # folder names...: mean ± std over seeds and paired differences against the first name
   local dir=$1; shift
@@ -49,9 +51,9 @@ table() {  # folder names...: mean ± std over seeds and paired differences agai
 }
 KROWS=$(for k in $KS; do echo -n "CoMAM-K$k "; done)
 {
-  echo "## Test, deployed (whole history)"; table "$OUT/test" no-train CoMAM $KROWS equal-share equal-share-K3
+  echo "## Test, deployed (whole history)"; table "$OUT/test" no-train CoMAM $KROWS equal-share "equal-share-K$FIRST_K"
   echo; echo "## Test, deployed, against CoMAM (paper setting)"; table "$OUT/test" CoMAM $KROWS
-  echo; echo "## Equal share against CoMAM, trained as deployed (K = 3)"; table "$OUT/test" CoMAM-K3 equal-share-K3
+  echo; echo "## Equal share against CoMAM, trained as deployed (K = $FIRST_K)"; table "$OUT/test" "CoMAM-K$FIRST_K" "equal-share-K$FIRST_K"
   echo; echo "## Test, training setting (evidence session alone)"; table "$OUT/test/evidence" no-train CoMAM $KROWS
   echo; echo "## Validation, deployed"; table "$OUT/val" no-train CoMAM $KROWS
 } | tee "$OUT/tables.md"
