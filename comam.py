@@ -19,6 +19,7 @@ session and the K sessions before it, then `answer`, with every sampled action r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
@@ -87,57 +88,81 @@ class Trajectory:
 
 
 # ======================================================================== one step per agent
+# Each agent's step returns one named result per input (tuples underneath, so `act, lines = ...` works).
 
-def _generate(policy: Policy, prompts, max_new, temperature, generator, progress=None):
-    """(prompt, sampled completion ids, decoded text) per prompt. LoRA adapters are folded into their
-    weights for the call (lora.merged_for_sampling: the same numbers up to float rounding, faster)."""
+class Extracted(NamedTuple):
+    action: Action  # a_0
+    memory_lines: list[Line]  # M_f: the kept lines, in history order
+
+
+class Profiled(NamedTuple):
+    action: Action  # a_1
+    profile: list[str]  # M_c: the profile statements
+
+
+class Answered(NamedTuple):
+    action: Action  # a_2
+    retrieved: list[int]  # E'_q: the retrieved global line ids
+    answer: str | None  # p: the chosen letter, None = unparsed
+
+
+def _generate(policy: Policy, prompts: list[list[int]], max_new: int, temperature: float, generator,
+              progress=None) -> list[tuple[list[int], str]]:
+    """(sampled completion ids, decoded text) per prompt. LoRA adapters are folded into their weights
+    for the call (lora.merged_for_sampling: the same numbers up to float rounding, faster)."""
     with lora.merged_for_sampling(policy.model):
-        comps, _ = models.sample(policy, prompts, max_new, temperature, generator=generator, progress=progress)
-    return [(p, c, models.decode(policy, c)) for p, c in zip(prompts, comps)]
+        completions, _ = models.sample(policy, prompts, max_new, temperature, generator=generator, progress=progress)
+    return [(c, models.decode(policy, c)) for c in completions]
+
+
+def _unzip(pairs: list[tuple]) -> tuple[list, list]:
+    """[(prompt ids, lines shown), ...] -> ([prompt ids, ...], [lines shown, ...])"""
+    return [a for a, _ in pairs], [b for _, b in pairs]
 
 
 def run_extraction(policy: Policy, histories: list[list[Line]], budgets: Budgets, max_new: int,
-                   temperature: float, generator=None) -> list[tuple[Action, list[Line]]]:
+                   temperature: float, generator=None) -> list[Extracted]:
     """Agent 0: for each history, the kept lines M_f (in history order)."""
-    built = [agents.extraction_prompt(policy, h, budgets) for h in histories]
+    prompts, shown = _unzip([agents.extraction_prompt(policy, h, budgets) for h in histories])  # ids, lines shown
     out = []
-    for (p, c, text), (_, shown) in zip(_generate(policy, [b[0] for b in built], max_new, temperature,
-                                                  generator), built):
-        ids, ok = agents.parse_ids(text, shown)
+    for prompt, lines, (completion, text) in zip(prompts, shown, _generate(policy, prompts, max_new,
+                                                                          temperature, generator)):
+        ids, ok = agents.parse_ids(text, lines)
         keep = set(ids)
-        out.append((Action(p, c, text, ok), [l for l in shown if l.id in keep]))
+        out.append(Extracted(Action(prompt, completion, text, ok), [l for l in lines if l.id in keep]))
     return out
 
 
-def run_profile(policy: Policy, memories: list[list[Line]], budgets: Budgets, max_new: int,
-                temperature: float, generator=None) -> list[tuple[Action, list[str]]]:
+def run_profile(policy: Policy, memory_lines: list[list[Line]], budgets: Budgets, max_new: int,
+                temperature: float, generator=None) -> list[Profiled]:
     """Agent 1: for each M_f, the profile statements M_c.
 
     An empty M_f has nothing to abstract: the agent is not called, M_c gets no statement, and the
     action is empty (no token to train on). Without this rule a profile agent trained only on
     evidence sessions (Sec. 4.2) invents statements for small-talk sessions at evaluation time.
     """
-    todo = [i for i, m in enumerate(memories) if m]
-    generated = _generate(policy, [agents.profile_prompt(policy, memories[i], budgets) for i in todo],
-                          max_new, temperature, generator) if todo else []
-    out = [(Action([], [], "", True), []) for _ in memories]
-    for i, (p, c, text) in zip(todo, generated):
+    todo = [i for i, m_f in enumerate(memory_lines) if m_f]
+    prompts = [agents.profile_prompt(policy, memory_lines[i], budgets) for i in todo]
+    generated = _generate(policy, prompts, max_new, temperature, generator) if todo else []
+    out = [Profiled(Action([], [], "", True), []) for _ in memory_lines]
+    for i, prompt, (completion, text) in zip(todo, prompts, generated):
         statements, ok = agents.parse_profile(text)
-        out[i] = (Action(p, c, text, ok), statements)
+        out[i] = Profiled(Action(prompt, completion, text, ok), statements)
     return out
 
 
 def run_retrieval(policy: Policy, items: list[tuple[list[Line], list[str], Example]], budgets: Budgets,
-                  max_new: int, temperature: float, generator=None,
-                  progress=None) -> list[tuple[Action, list[int], str | None]]:
+                  max_new: int, temperature: float, generator=None, progress=None) -> list[Answered]:
     """Agent 2: for each (M_f, M_c, question), the retrieved line ids E'_q and the chosen letter.
     `progress(n)` is called as each batch of n questions is answered."""
-    built = [agents.retrieval_prompt(policy, m, prof, ex.question, ex.options, budgets) for m, prof, ex in items]
+    prompts, shown = _unzip([agents.retrieval_prompt(policy, m_f, m_c, ex.question, ex.options, budgets)
+                             for m_f, m_c, ex in items])  # ids, lines shown
+    by_letter = agents.answers_by_letter(policy)
     out = []
-    for (p, c, text), (_, shown), (_, _, ex) in zip(
-            _generate(policy, [b[0] for b in built], max_new, temperature, generator, progress), built, items):
-        ids, letter, ok = agents.parse_answer(text, shown, ex.options, by_letter=agents.answers_by_letter(policy))
-        out.append((Action(p, c, text, ok), ids, letter))
+    for prompt, lines, (_, _, ex), (completion, text) in zip(
+            prompts, shown, items, _generate(policy, prompts, max_new, temperature, generator, progress)):
+        ids, letter, ok = agents.parse_answer(text, lines, ex.options, by_letter=by_letter)
+        out.append(Answered(Action(prompt, completion, text, ok), ids, letter))
     return out
 
 
@@ -161,16 +186,16 @@ def rollout(policies: dict[str, Policy], examples: list[Example], group_size: in
     ### BEGIN SOLUTION (assignment 4)
     trajs = [Trajectory(ex) for ex in examples for _ in range(group_size)]  # query-major: [q0 g0, q0 g1, ...]
     histories = [t.example.session_lines(t.example.evidence_session) for t in trajs]
-    for t, (act, mem) in zip(trajs, run_extraction(policies["extraction"], histories, budgets,
-                                                   max_new.extraction, temperature, generator)):
-        t.actions["extraction"], t.memory_lines = act, mem
-    for t, (act, prof) in zip(trajs, run_profile(policies["profile"], [t.memory_lines for t in trajs], budgets,
-                                                 max_new.profile, temperature, generator)):
-        t.actions["profile"], t.profile = act, prof
+    for t, (action, memory_lines) in zip(trajs, run_extraction(policies["extraction"], histories, budgets,
+                                                               max_new.extraction, temperature, generator)):
+        t.actions["extraction"], t.memory_lines = action, memory_lines
+    for t, (action, profile) in zip(trajs, run_profile(policies["profile"], [t.memory_lines for t in trajs],
+                                                       budgets, max_new.profile, temperature, generator)):
+        t.actions["profile"], t.profile = action, profile
     items = [(t.memory_lines, t.profile, t.example) for t in trajs]
-    for t, (act, ids, letter) in zip(trajs, run_retrieval(policies["retrieval"], items, budgets,
-                                                          max_new.retrieval, temperature, generator)):
-        t.actions["retrieval"], t.retrieved, t.answer = act, ids, letter
+    for t, (action, retrieved, answer) in zip(trajs, run_retrieval(policies["retrieval"], items, budgets,
+                                                                   max_new.retrieval, temperature, generator)):
+        t.actions["retrieval"], t.retrieved, t.answer = action, retrieved, answer
         t.score()
     return [trajs[i:i + group_size] for i in range(0, len(trajs), group_size)]
     ### END SOLUTION
@@ -202,20 +227,20 @@ def build_memory(policies: dict[str, Policy], histories: dict[str, list[list[Lin
     memories = {u: Memory() for u in histories}
     for s in range(max(len(h) for h in histories.values())):
         users = [u for u, h in histories.items() if s < len(h)]
-        ext = run_extraction(policies["extraction"], [histories[u][s] for u in users], budgets,
-                             max_new.extraction, temperature, generator)
-        prof = run_profile(policies["profile"], [kept for _, kept in ext], budgets, max_new.profile,
-                           temperature, generator)
-        for u, (a0, kept), (a1, statements) in zip(users, ext, prof):
+        extracted = run_extraction(policies["extraction"], [histories[u][s] for u in users], budgets,
+                                   max_new.extraction, temperature, generator)
+        profiled = run_profile(policies["profile"], [e.memory_lines for e in extracted], budgets, max_new.profile,
+                               temperature, generator)
+        for u, e, p in zip(users, extracted, profiled):
             m = memories[u]
-            m.memory_lines += kept
-            m.profile += statements
-            m.per_session.append(statements)
+            m.memory_lines += e.memory_lines
+            m.profile += p.profile
+            m.per_session.append(p.profile)
             m.sessions.append(histories[u][s][0].session if histories[u][s] else None)
-            m.failures["extraction"] += not a0.ok
-            m.failures["profile"] += not a1.ok
+            m.failures["extraction"] += not e.action.ok
+            m.failures["profile"] += not p.action.ok
             m.calls += 1
-            m.actions.append({"extraction": a0, "profile": a1})
+            m.actions.append({"extraction": e.action, "profile": p.action})
         if progress:
             progress(s)
     return memories
@@ -228,10 +253,11 @@ def answer(policies: dict[str, Policy], examples: list[Example], memories: list[
     `progress(n)` is called as each batch of n queries is answered."""
     items = [(m.memory_lines, m.profile, ex) for ex, m in zip(examples, memories)]
     trajs = []
-    for ex, m, (act, ids, letter) in zip(examples, memories, run_retrieval(
+    for ex, m, a in zip(examples, memories, run_retrieval(
             policies["retrieval"], items, budgets, max_new.retrieval, temperature, generator, progress)):
-        built = m.actions[-1] if m.actions else {}  # the construction agents' last actions, when it built the memory
-        t = Trajectory(ex, m.memory_lines, m.profile, ids, letter, built | {"retrieval": act}, memory=m)
+        construction = m.actions[-1] if m.actions else {}  # the construction agents' last actions, when it built M
+        t = Trajectory(ex, m.memory_lines, m.profile, a.retrieved, a.answer, construction | {"retrieval": a.action},
+                       memory=m)
         t.score()
         trajs.append(t)
     return trajs

@@ -101,7 +101,7 @@ def consistency(local_rewards, global_rewards) -> np.ndarray:
 # ---------------------------------------------------------------- Eq. 14: credit weights
 
 
-def credit_weights(v, temperature: float = 1.0) -> np.ndarray:
+def credit_weights(v, tau: float = 1.0) -> np.ndarray:
     """Eq. 14 (Sec. 4.3): w_n = exp(v_n / τ) / Σ_m exp(v_m / τ), computed stably (shift by max v).
 
     τ = 1 is the paper's Eq. 14. Since v ∈ [0, 1], its weights stay close to uniform:
@@ -109,10 +109,10 @@ def credit_weights(v, temperature: float = 1.0) -> np.ndarray:
     by a few hundredths from 1/3. τ < 1 (flag --credit-temp) sharpens them: the same v with τ = 0.25
     gives w = [0.965, 0.018, 0.018]. τ is NOT in the paper; it is our knob for the README's reading.
     """
-    if temperature <= 0:
-        raise ValueError(f"credit softmax temperature must be > 0, got {temperature}")
+    if tau <= 0:
+        raise ValueError(f"credit softmax temperature τ must be > 0, got {tau}")
     ### BEGIN SOLUTION (assignment 2)
-    v = np.asarray(v, dtype=np.float64) / temperature
+    v = np.asarray(v, dtype=np.float64) / tau
     e = np.exp(v - v.max())
     return e / e.sum()
     ### END SOLUTION
@@ -122,12 +122,12 @@ def credit_weights(v, temperature: float = 1.0) -> np.ndarray:
 
 
 def integrated_rewards(local_rewards, global_rewards, mode: str = "comam", fixed_w: float = 0.5,
-                       variant: str = "eq15", temperature: float = 1.0):
+                       variant: str = "eq15", tau: float = 1.0):
     """Eq. 15 (Sec. 4.3): r_final_n = r_n + w_n · r_3, for every agent n and trajectory i.
 
     Returns (r_final shape (N, G), v shape (N,), w shape (N,)); v (Eq. 13) is always computed, for
     logging, whatever the mode. Modes (the Table 4 ablations):
-        "comam"   w = softmax(v / temperature)  (Eq. 14, adaptive credit; the paper's temperature is 1)
+        "comam"   w = softmax(v / tau)          (Eq. 14, adaptive credit; the paper's τ is 1)
         "local"   r_final = r_n                 (w = 0: no global reward)
         "global"  r_final = r_3                 (local rewards ignored; w reported as 1)
         "equal"   w = 1/N each                  (equal share of the global reward)
@@ -155,7 +155,7 @@ def integrated_rewards(local_rewards, global_rewards, mode: str = "comam", fixed
     if mode == "global":
         return np.tile(global_rewards, (n_agents, 1)), v, np.ones(n_agents)
     if mode == "comam":
-        w = credit_weights(v, temperature)
+        w = credit_weights(v, tau)
     elif mode == "equal":
         w = np.full(n_agents, 1.0 / n_agents)
     else:  # "fixed"

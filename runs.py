@@ -37,7 +37,7 @@ import lora
 import models
 import rewards
 import sharing
-from cli import (COMPLETE, PRECISIONS, InputError, check, check_seed, choice, finite, output_folder, positive,
+from cli import (COMPLETE, PRECISIONS, FolderLock, InputError, check, check_seed, choice, finite, output_folder, positive,
                  read_json, read_lines, recover_folder, replace_folder, resolve_device, resolve_precision)
 from credit import CREDIT_MODES, VARIANTS
 from data.example import read_split
@@ -483,6 +483,24 @@ def trajectory_stats(groups) -> dict[str, list]:
             "len": [[len(t.actions[r].completion) for r in agents.ROLES] for t in trajs]}
 
 
+def credit_diagnostics(per_group: dict[str, list], local_rewards: np.ndarray, global_rewards: np.ndarray,
+                       v: np.ndarray, w: np.ndarray, adv: np.ndarray) -> None:
+    """Append one query group's credit values (train.credit_step) to `per_group`'s series: r, v, w, and
+    three diagnostics that explain how much the credit rule can matter at all:
+      zero_std     per agent, whether the group's advantages are all 0 (Eq. 7 with a group std of 0)
+      global_flat  whether the G global rewards are all equal: there Eq. 13 gives v = 1 for every agent
+                   (so adaptive w = 1/3), and r_3, constant over the group, moves no advantage
+      w_spread     max_n w_n - min_n w_n: 0 means equal share
+    local_rewards (3, G), global_rewards (G,), v (3,), w (3,), adv (3, G)."""
+    available = not np.isnan(local_rewards).all()
+    values = {"v": v, "w": w,
+              "local_rewards": np.nanmean(local_rewards, axis=1) if available else np.full(3, np.nan),
+              "global_reward": global_rewards.mean(), "zero_std": np.abs(adv).sum(axis=1) == 0,
+              "global_flat": float(np.all(global_rewards == global_rewards[0])), "w_spread": float(w.max() - w.min())}
+    for key, value in values.items():
+        per_group.setdefault(key, []).append(value)
+
+
 def group_means(per_group: dict[str, list]) -> dict:
     """The mean over the query groups of each per-group log value (train.credit_step)."""
     return {k: np.mean(np.stack(v), axis=0) for k, v in per_group.items()}
@@ -508,6 +526,23 @@ def log_row(step: int, roles: list[str], per_group: dict, per_traj: dict, stats:
             **{f"{k}_{r}": v for r, s in stats.items() for k, v in s.items() if k != "tokens"},
             "gen_tok_s": gen_tokens / max(seconds["rollout"], 1e-9),
             "upd_tok_s": upd_tokens / max(seconds["update"], 1e-9), "step_s": seconds["step"]}
+
+
+def lock_run(args) -> FolderLock | None:
+    """The run folder's lock, taken by the one process that writes the run (a symlink resolved first, so
+    that a folder has one lock by any name). Under torchrun, if it is refused every rank stops, and the
+    writer says why."""
+    lock, refused = None, None
+    try:
+        lock = FolderLock(run_folder(args).resolve()) if distributed.is_writer() else None
+    except InputError as e:
+        refused = e
+    if distributed.all_sum([float(refused is not None)])[0]:
+        distributed.teardown()
+        if refused:
+            raise refused
+        raise SystemExit(2)
+    return lock
 
 
 def datasets(args) -> tuple[list, list]:

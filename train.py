@@ -34,12 +34,12 @@ from tqdm import tqdm
 import agents
 import comam
 import distributed
-import eval as evaluation
 import experiments
 import models
+import plumbing
 import rewards
 import runs
-from cli import FolderLock, InputError, Interrupted, autocast, check, command, resolve_device, seed_everything
+from cli import Interrupted, autocast, check, command, resolve_device, seed_everything
 from credit import group_advantages, integrated_rewards
 from data.example import Example
 from models import Policy
@@ -147,17 +147,7 @@ def main(args: Args) -> dict:
     device = distributed.setup(resolve_device(args.device))  # under torchrun: this rank's device
     check(args.queries % distributed.world() == 0, f"--queries {args.queries} must be a multiple of the "
           f"number of processes ({distributed.world()}): each process takes an equal share of the queries")
-    # one process writes a run; a symlink is resolved first, so that a folder has one lock by any name
-    lock, refused = None, None
-    try:
-        lock = FolderLock(runs.run_folder(args).resolve()) if distributed.is_writer() else None
-    except InputError as e:
-        refused = e
-    if distributed.all_sum([float(refused is not None)])[0]:  # under torchrun every rank stops; rank 0 says why
-        distributed.teardown()
-        if refused:
-            raise refused
-        raise SystemExit(2)
+    lock = runs.lock_run(args)  # one process writes a run, one run per folder
     try:
         return train(runs.resolve_lora_rank(runs.resumed_args(args)), device)
     finally:
@@ -176,8 +166,10 @@ def train(args: Args, device: str) -> dict:
     budgets, max_new, scale = agents.fit_limits(run.policies["extraction"], train_set, args.scale)
     print(f"context limits ({'derived: ' if args.scale <= 0 else ''}{scale:.3f} tokens per word): {budgets}, {max_new}")
 
-    before = runs.validate(run.policies, val_set, budgets, max_new, args, run.folder, "no-train") \
-        if run.start == 0 else runs.logged_evaluation(run.folder, "no-train")
+    if run.start == 0:
+        before = runs.validate(run.policies, val_set, budgets, max_new, args, run.folder, "no-train")
+    else:  # resumed: the evaluation before training is in the run's eval.jsonl
+        before = runs.logged_evaluation(run.folder, "no-train")
     bar = tqdm(range(run.start, args.steps), desc=args.exp_name, dynamic_ncols=True, initial=run.start, total=args.steps,
                disable=not distributed.is_writer())
     saved = run.start
@@ -243,16 +235,10 @@ def batch_at(examples: list[Example], step: int, n: int, seed: int) -> list[Exam
 def credit_step(groups: list[list[comam.Trajectory]], args: Args) -> tuple[dict[str, list], dict]:
     """Eqs. 13-16 for every query group. Returns (batches, per_group): batches[role] is the role's
     update batch, one (prompt ids, sampled completion ids, advantage) per action taken; per_group[key]
-    holds one entry per group of r, v, w and of the diagnostics below (runs.group_means averages them).
-
-    Two diagnostics explain how much the credit rule can matter at all:
-      global_flat  fraction of groups whose G global rewards are all equal: there Eq. 13 gives v = 1 for
-                   every agent (so adaptive w = 1/3), and r_3, constant over the group, moves no advantage
-      w_spread     mean over groups of max_n w_n - min_n w_n: 0 means equal share
+    holds one entry per group of r, v, w and of the diagnostics that explain them (runs.credit_diagnostics).
     """
     batches = {role: [] for role in agents.ROLES}
-    logs = {"v": [], "w": [], "local_rewards": [], "global_reward": [], "zero_std": [], "global_flat": [],
-            "w_spread": []}
+    per_group = {}
     for group in groups:
         local_rewards = np.array([t.local_rewards for t in group], dtype=np.float64).T  # (3, G)
         global_rewards = np.array([t.global_reward for t in group], dtype=np.float64)  # (G,)
@@ -264,15 +250,8 @@ def credit_step(groups: list[list[comam.Trajectory]], args: Args) -> tuple[dict[
                 for act in t.taken(role):  # one action; over a history, every one the agent took (decision 21)
                     if act.completion:  # an agent that was not called (empty input) took no action
                         batches[role].append((act.prompt, act.completion, float(a)))
-        logs["v"].append(v)
-        logs["w"].append(w)
-        logs["local_rewards"].append(np.nanmean(local_rewards, axis=1) if not np.isnan(local_rewards).all()
-                                     else np.full(3, np.nan))
-        logs["global_reward"].append(global_rewards.mean())
-        logs["zero_std"].append((np.abs(adv).sum(axis=1) == 0))
-        logs["global_flat"].append(float(np.all(global_rewards == global_rewards[0])))
-        logs["w_spread"].append(float(w.max() - w.min()))
-    return batches, logs
+        runs.credit_diagnostics(per_group, local_rewards, global_rewards, v, w, adv)
+    return batches, per_group
 
 
 # ---------------------------------------------------------------- A1.5: the update
@@ -301,57 +280,38 @@ def grpo_update(policy: Policy, opt: torch.optim.Optimizer, batch: list[tuple[li
                 args: Args, device: str, ref: Policy | None = None) -> dict:
     """One optimiser step on (prompt ids, sampled completion ids, advantage) triples.
 
-    Gradients are accumulated over micro-batches of `args.micro_batch` sequences; the loss of each is
-    normalised by the whole batch's token (or sequence) count, so the summed gradient does not depend
-    on the micro-batch size. With ppo_epochs > 1, the old log-probs come from one no-grad pass before
-    the first update (so the ratio is exactly 1 at the first update either way). With --kl-beta > 0
-    the KL term scores the completions under `ref` (the frozen policy the run started from,
-    runs.reference_policies), or, for fresh LoRA adapters (ref None), under the policy's own base with
-    the adapters switched off (lora.disabled), which is where they started.
+    The loss of each micro-batch of `args.micro_batch` sequences is normalised by the WHOLE batch's token
+    (or sequence) count, so the accumulated gradient does not depend on the micro-batch size. The old
+    log-probs are the current ones, detached (one epoch: the ratio is exactly 1), or with --ppo-epochs > 1
+    those of one no-grad pass before the first update. With --kl-beta > 0 the KL term scores the
+    completions under `ref` (the frozen policy the run started from, runs.reference_policies), or, for
+    fresh LoRA adapters (ref None), under the policy's own base with the adapters switched off
+    (lora.disabled), which is where they started.
     """
-    model = policy.model
-    model.train()
-    if len(batch) > args.micro_batch:  # micro-batches of similar prompt length pad less (a stable sort:
-        batch = sorted(batch, key=lambda row: len(row[0]))  # the rows of one prompt stay together, shared)
-    mbs = [batch[i:i + args.micro_batch] for i in range(0, len(batch), args.micro_batch)]
-    # the WHOLE batch's token (or sequence) count, over every process under torchrun
-    denom = distributed.all_sum([sum(len(c) for _, c, _ in batch) if args.loss_agg == "token" else len(batch)])[0]
-    old = None
-    if args.ppo_epochs > 1:
-        with torch.no_grad(), autocast(device, args.precision):
-            old = [models.policy_logprobs(policy, [p for p, _, _ in mb], [c for _, c, _ in mb], args.temperature)[0]
-                   for mb in mbs]
-    totals = {"loss": 0.0, "clip_frac": 0.0, "kl": 0.0, "tokens": 0.0, "grad_norm": 0.0}
+    policy.model.train()
+    mbs = plumbing.micro_batches(batch, args.micro_batch)
+    denom = plumbing.loss_denominator(batch, args.loss_agg)
+    old = plumbing.old_logprobs(policy, mbs, args, device)  # None with one epoch
+    sums = {"loss": 0.0, "clip_frac": 0.0, "kl": 0.0, "tokens": 0.0}
     for _epoch in range(args.ppo_epochs):
         opt.zero_grad(set_to_none=True)
         for k, mb in enumerate(mbs):
-            prompts, comps = [p for p, _, _ in mb], [c for _, c, _ in mb]
+            prompts, completions = [p for p, _, _ in mb], [c for _, c, _ in mb]
             adv = torch.tensor([a for _, _, a in mb], dtype=torch.float32, device=device)  # (B,)
             with autocast(device, args.precision):
-                logp, mask = models.policy_logprobs(policy, prompts, comps, args.temperature)  # (B, T-1) each
-                ref_logp = models.reference_logprobs(policy, ref, prompts, comps, args.temperature) if args.kl_beta > 0 else None
-            old_logp = logp.detach() if old is None else old[k]
-            loss, st = policy_loss(logp, old_logp, adv, mask, args.clip_eps, denom, args.loss_agg,
-                                   ref_logp, args.kl_beta)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss ({loss.item()}) for {policy.name}: stopping this step "
-                                         "rather than replacing it; lower --lr or check the inputs")
+                logp, mask = models.policy_logprobs(policy, prompts, completions, args.temperature)  # (B, T-1) each
+                ref_logp = None if args.kl_beta == 0 else models.reference_logprobs(  # (B, T-1)
+                    policy, ref, prompts, completions, args.temperature)
+            old_logp = logp.detach() if old is None else old[k]  # (B, T-1)
+            loss, stats = policy_loss(logp, old_logp, adv, mask, args.clip_eps, denom, args.loss_agg,
+                                      ref_logp, args.kl_beta)
+            plumbing.check_finite(loss, f"loss for {policy.name}: stopping this step rather than replacing it; "
+                               "lower --lr or check the inputs")
             loss.backward()
-            totals["loss"] += loss.item()
-            for key in ("clip_frac", "kl", "tokens"):
-                totals[key] += st[key]
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        distributed.sum_gradients(trainable)  # under torchrun: the gradient of the whole batch, on every rank
-        gn = torch.nn.utils.clip_grad_norm_(trainable, args.max_grad_norm)
-        if not torch.isfinite(gn):
-            raise FloatingPointError(f"non-finite gradient norm for {policy.name}: stopping this step")
-        opt.step()
-        totals["grad_norm"] = gn.item()
-    totals["loss"], totals["clip_frac"], totals["kl"], totals["tokens"] = distributed.all_sum(
-        [totals["loss"], totals["clip_frac"], totals["kl"], totals["tokens"]])
-    tokens = max(1.0, totals.pop("tokens"))
-    return {"loss": totals["loss"] / args.ppo_epochs, "clip_frac": totals["clip_frac"] / tokens,
-            "kl": totals["kl"] / tokens, "grad_norm": totals["grad_norm"], "tokens": tokens / args.ppo_epochs}
+            for key, value in (stats | {"loss": loss.item()}).items():
+                sums[key] += value
+        grad_norm = plumbing.clip_and_step(policy, opt, args.max_grad_norm)
+    return plumbing.update_stats(sums, grad_norm, args.ppo_epochs)
 
 
 # ---------------------------------------------------------------- A1.6: the loss

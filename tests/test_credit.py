@@ -94,14 +94,14 @@ def test_softmax_weights():
 @pytest.mark.assignment2
 def test_softmax_temperature_hand_worked():
     # v = [1, 0, 0], tau = 0.25: exp(4) / (exp(4) + 2) = 54.598 / 56.598 = 0.96466, and exp(0) / 56.598 = 0.01767
-    w = credit_weights([1.0, 0.0, 0.0], temperature=0.25)
+    w = credit_weights([1.0, 0.0, 0.0], tau=0.25)
     np.testing.assert_allclose(w, [0.96466, 0.01767, 0.01767], atol=1e-5)
     np.testing.assert_allclose(credit_weights([0.3, 0.8, 0.5], 1.0), credit_weights([0.3, 0.8, 0.5]))
     # the temperature flows through Eq. 15 in comam mode only
-    _, v, w = integrated_rewards(LOCAL, GLOB, mode="comam", temperature=0.1)
+    _, v, w = integrated_rewards(LOCAL, GLOB, mode="comam", tau=0.1)
     ref = np.exp(v / 0.1) / np.exp(v / 0.1).sum()
     np.testing.assert_allclose(w, ref, rtol=1e-12)
-    _, _, w_eq = integrated_rewards(LOCAL, GLOB, mode="equal", temperature=0.1)
+    _, _, w_eq = integrated_rewards(LOCAL, GLOB, mode="equal", tau=0.1)
     np.testing.assert_allclose(w_eq, [1 / 3] * 3)
     for bad in (0.0, -1.0):
         with pytest.raises(ValueError, match="temperature"):

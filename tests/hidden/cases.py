@@ -294,7 +294,7 @@ def consistency_with_unavailable_rows():
 def softmax_weights_and_temperature():
     from credit import credit_weights as cw
     return [cw(np.array([0.2, 0.9, 0.55])), cw([1000.0, 1000.0, 999.0]), cw([1e4, 0, 0]),
-            cw([1.0, 0.0, 0.0], temperature=0.25), cw([0.3, 0.8, 0.5], 1.0), call(cw, [0.1, 0.2, 0.3], 0.0),
+            cw([1.0, 0.0, 0.0], tau=0.25), cw([0.3, 0.8, 0.5], 1.0), call(cw, [0.1, 0.2, 0.3], 0.0),
             call(cw, [0.1, 0.2, 0.3], -1.0)]
 
 
@@ -305,8 +305,8 @@ def integrated_rewards_every_mode_and_variant():
     for mode in ("comam", "local", "global", "equal", "fixed"):
         for variant in ("eq15", "alg1"):
             out.append(ir(np.array(LOCAL), np.array(GLOB), mode=mode, variant=variant, fixed_w=0.7))
-    out.append(ir(np.array(LOCAL), np.array(GLOB), mode="comam", temperature=0.1))
-    out.append(ir(np.array(LOCAL), np.array(GLOB), mode="equal", temperature=0.1))
+    out.append(ir(np.array(LOCAL), np.array(GLOB), mode="comam", tau=0.1))
+    out.append(ir(np.array(LOCAL), np.array(GLOB), mode="equal", tau=0.1))
     return out
 
 
