@@ -300,13 +300,13 @@ def grpo_update(policy: Policy, opt: torch.optim.Optimizer, batch: list[tuple[li
             adv = torch.tensor([a for _, _, a in mb], dtype=torch.float32, device=device)  # (B,)
             with autocast(device, args.precision):
                 logp, mask = models.policy_logprobs(policy, prompts, completions, args.temperature)  # (B, T-1) each
-                ref_logp = None if args.kl_beta == 0 else models.reference_logprobs(  # (B, T-1)
-                    policy, ref, prompts, completions, args.temperature)
+                ref_logp = models.reference_logprobs(policy, ref, prompts, completions,  # (B, T-1)
+                                                     args.temperature) if args.kl_beta > 0 else None
             old_logp = logp.detach() if old is None else old[k]  # (B, T-1)
             loss, stats = policy_loss(logp, old_logp, adv, mask, args.clip_eps, denom, args.loss_agg,
                                       ref_logp, args.kl_beta)
-            plumbing.check_finite(loss, f"loss for {policy.name}: stopping this step rather than replacing it; "
-                               "lower --lr or check the inputs")
+            plumbing.check_finite(loss, f"loss for {policy.name}: stopping this step rather than replacing "
+                                        "it; lower --lr or check the inputs")
             loss.backward()
             for key, value in (stats | {"loss": loss.item()}).items():
                 sums[key] += value
