@@ -122,8 +122,8 @@ class Args:
     """validation users used in evaluation (0 = all)"""
     eval_temperature: float = 0.8
     """sampling temperature in evaluation (paper: 0.8; 0 = greedy)"""
-    eval_history: str = "evidence"
-    """memory in evaluation: evidence (the training setting: each question's evidence session) | whole (deployed, the paper's: over the user's whole history)"""
+    eval_history: str = "whole"
+    """memory in evaluation: whole (deployed, the paper's: over the user's whole history) | evidence (the training setting: each question's evidence session)"""
     save_every: int = 25
     """checkpoint every N steps (and at the end)"""
     resume: bool = False

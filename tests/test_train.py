@@ -440,7 +440,7 @@ def test_the_documented_defaults():
                   "group_size": (8, "G = 8"), "temperature": (1.0, "temperature 1.0 in training"),
                   "lora_rank": (-1, "rank-16 adapters"), "lora_alpha": (32.0, "α = 32"),
                   "share_prompts": (True, "`train.py --share-prompts`, on by default"),
-                  "steps": (60, "`--steps 60`"), "eval_history": ("evidence", "default `evidence`"),
+                  "steps": (60, "`--steps 60`"), "eval_history": ("whole", "default `whole`"),
                   "eval_temperature": (0.8, "0.8 in evaluation")}
     defaults = Args()
     for name, (value, phrase) in documented.items():
