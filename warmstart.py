@@ -6,7 +6,7 @@
     python warmstart.py --model path/to/hf-model --out checkpoints/mine-warmstart
 
 The tiny model starts from random weights, so before reinforcement learning each agent must learn its
-output format. Demonstrations come from the generator's ground truth (docs/method.md, decision 13):
+output format. Demonstrations come from the generator's ground truth (docs/method.md, decision 14):
   extraction: the local numbers of the session's informative lines       "2 6 9"
   profile:    the statements those lines support                          "pet cat milo ; likes jazz"
   retrieval:  the evidence line numbers and the gold option               "<information> 3 </information>
