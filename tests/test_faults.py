@@ -544,7 +544,7 @@ def test_unknown_target_modules_are_blamed_on_the_config_not_a_flag(toy_chat_mod
                                    "linear layer") and "--lora-targets" not in str(e.value)
 
 
-@pytest.mark.parametrize("cmd", ["eval", "merge"])
+@pytest.mark.parametrize("cmd", ["eval", "merge", "train"])
 def test_an_adapter_config_whose_base_is_its_own_folder_is_one_line(cmd, toy_chat_model, toy_data, tmp_path, capsys):
     import agents
     import lora
@@ -553,10 +553,11 @@ def test_an_adapter_config_whose_base_is_its_own_folder_is_one_line(cmd, toy_cha
                                roles=agents.ROLES[:1])["extraction"]
     folder = tmp_path / "a"
     lora.save_adapters(pol.model, folder, base=str(folder))  # its base: itself
-    argv = ["--src", str(folder), "--out", str(tmp_path / "m")] if cmd == "merge" else [
-        "--data", str(toy_data), "--policies", str(folder), "--out", str(tmp_path / "m")]
-    fails(capsys, lambda: command(*((merge_lora.main, merge_lora.Args) if cmd == "merge" else
-                                    (evaluation.main, evaluation.Args)), "", argv),
+    argv = {"merge": ["--src", str(folder), "--out", str(tmp_path / "m")],
+            "eval": ["--data", str(toy_data), "--policies", str(folder), "--out", str(tmp_path / "m")],
+            "train": ["--data", str(toy_data), "--model", str(folder), "--out", str(tmp_path / "m"), "--steps", "1"]}[cmd]
+    main = {"merge": merge_lora, "eval": evaluation, "train": train}[cmd]
+    fails(capsys, lambda: command(main.main, main.Args, "", argv),
           f"{folder / 'adapter_config.json'}: base_model_name_or_path {str(folder)!r} holds LoRA adapters itself")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
 
