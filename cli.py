@@ -19,8 +19,10 @@ import math
 import os
 import random
 import shutil
+import signal
 import sys
 import textwrap
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -40,8 +42,16 @@ class Interrupted(Exception):
 
 def handled(fn: Callable[[], object]):
     """Call fn(); an InputError, or an OSError on a named file, is printed as one line "error: ..." and
-    the exit status is 2; Ctrl-C is one line "interrupted: ..." and status 130. Anything else keeps its
-    traceback."""
+    the exit status is 2; Ctrl-C is one line "interrupted: ..." and status 130 (one Ctrl-C, however
+    often it is delivered: `_interrupt_once`). Anything else keeps its traceback."""
+    previous = _interrupt_once()
+    try:
+        return _one_line_errors(fn)
+    finally:
+        _restore_interrupt(previous)
+
+
+def _one_line_errors(fn: Callable[[], object]):
     try:
         return fn()
     except InputError as e:
@@ -55,6 +65,32 @@ def handled(fn: Callable[[], object]):
               file=sys.stderr)
         raise SystemExit(130) from None
     raise SystemExit(2)
+
+
+def _interrupt_once():
+    """Make one Ctrl-C one KeyboardInterrupt: the first SIGINT raises it and every later one is ignored
+    while it unwinds and the process ends. Under torchrun a worker gets each Ctrl-C twice (from the
+    terminal, and again from torchrun's agent a moment later); the second one used to land in the
+    middle of the first one's unwinding, replacing the line that says what was interrupted, or in
+    Python's shutdown as a traceback. SIGTERM and SIGKILL still end the process. Returns the handler it
+    replaced (None: left alone: not the main thread, or SIGINT not at Python's default, e.g. ignored
+    in a background job)."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return None
+
+    def first_only(signum, frame):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGINT, first_only)
+    return signal.default_int_handler
+
+
+def _restore_interrupt(previous) -> None:
+    """Python's own SIGINT handler back when the command ends (a test calls many commands in one
+    process), except after a Ctrl-C: the process is ending, and a second SIGINT stays ignored."""
+    if previous is not None and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, previous)
 
 
 def command(main: Callable, cls, doc: str = "", argv=None):

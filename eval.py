@@ -609,19 +609,21 @@ def main(args: Args) -> dict:
         for f in plot_runs(expand(args.plot)):
             print(f"wrote {f}")
         return {}
-    device = resolve_device(args.device)
-    examples = load_examples(args)
-    policies = load_system(args.policies, device)
-    precision = resolve_precision(args.precision, device, tiny=models.is_small(policies))
-    print(f"precision: {precision} forward passes (--precision {args.precision})")
-    budgets, max_new, scale = agents.fit_limits(policies["extraction"], examples, args.scale)
-    print(f"context limits ({'derived: ' if args.scale <= 0 else ''}{scale:.3f} tokens per word): {budgets}, {max_new}")
-    try:
+    try:  # Ctrl-C from here on (loading too) says what was left: nothing
+        device = resolve_device(args.device)
+        examples = load_examples(args)
+        policies = load_system(args.policies, device)
+        precision = resolve_precision(args.precision, device, tiny=models.is_small(policies))
+        print(f"precision: {precision} forward passes (--precision {args.precision})")
+        budgets, max_new, scale = agents.fit_limits(policies["extraction"], examples, args.scale)
+        print(f"context limits ({'derived: ' if args.scale <= 0 else ''}{scale:.3f} tokens per word): {budgets}, "
+              f"{max_new}")
         res = average([evaluate(policies, examples, budgets, max_new, temperature=args.temperature, seed=args.seed + k,
                                 desc=f"eval {args.system} {k + 1}/{args.samples}", system=args.system,
                                 history=args.history, precision=precision) for k in range(args.samples)])
     except KeyboardInterrupt:
-        raise Interrupted(f"no result was written ({out} is written at the end of the evaluation)") from None
+        raise Interrupted(f"the evaluation stopped before its end; no result was written ({out} is written "
+                          "at the end)") from None
     res["args"] = asdict(args)
     out.write_text(json.dumps(res, indent=2))
     print(f"{args.system}: accuracy {res['accuracy']:.3f} over {res['n']} questions"

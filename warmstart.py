@@ -303,29 +303,30 @@ def base_name(args: Args) -> str:
 def main(args: Args) -> dict:
     t0 = time.time()
     out = check_args(args)
-    device = resolve_device(args.device)
-    seed_everything(args.seed)
-    folder = ensure(args.data, ("train",), args.train_users)
-    train = read_split(folder, "train")
-    policy, rank = start_policy(args, train, device)
-    policy.sharing = sharing  # a prompt prefix shared by several rows computed once (the same numbers)
-    args = args.defaults_for(tiny=not policy.chat, lora_rank=rank)
-    args = replace(args, precision=resolve_precision(args.precision, device,
-                                                     tiny=models.is_small({"policy": policy})))
-    print(f"precision: {args.precision} forward passes; weights and the loss float32")
-    if args.gradient_checkpointing:
-        models.enable_checkpointing(policy.model)
-    budgets, max_new, scale = agents.fit_limits(policy, train)
-    print(f"context limits ({scale:.3f} tokens per word): {budgets}, {max_new}")
-    val_file = Path(folder) / "val_questions.jsonl"
-    probes = []
-    if args.probe_every and val_file.exists():
-        val = read_split(folder, "val")
-        probes = random.Random(args.seed).sample(val, min(args.probe_size, len(val)))
-    try:
+    try:  # Ctrl-C from here on (loading too) says what was left: nothing
+        device = resolve_device(args.device)
+        seed_everything(args.seed)
+        folder = ensure(args.data, ("train",), args.train_users)
+        train = read_split(folder, "train")
+        policy, rank = start_policy(args, train, device)
+        policy.sharing = sharing  # a prompt prefix shared by several rows computed once (the same numbers)
+        args = args.defaults_for(tiny=not policy.chat, lora_rank=rank)
+        args = replace(args, precision=resolve_precision(args.precision, device,
+                                                         tiny=models.is_small({"policy": policy})))
+        print(f"precision: {args.precision} forward passes; weights and the loss float32")
+        if args.gradient_checkpointing:
+            models.enable_checkpointing(policy.model)
+        budgets, max_new, scale = agents.fit_limits(policy, train)
+        print(f"context limits ({scale:.3f} tokens per word): {budgets}, {max_new}")
+        val_file = Path(folder) / "val_questions.jsonl"
+        probes = []
+        if args.probe_every and val_file.exists():
+            val = read_split(folder, "val")
+            probes = random.Random(args.seed).sample(val, min(args.probe_size, len(val)))
         losses, probe_log = clone(policy, train, args, budgets, max_new, probes, device)
     except KeyboardInterrupt:
-        raise Interrupted(f"nothing was written to {out} (a warm start is written whole, at the end)") from None
+        raise Interrupted(f"the warm start stopped before its end; nothing was written to {out} (a warm start "
+                          "is written whole, at the end)") from None
     previous = Path(args.init_from) / "warmstart.json" if args.init_from else None
     report = {"args": asdict(args), "seconds": round(time.time() - t0, 1), "probe": probe_log,
               "continued_from": json.loads(previous.read_text()) if previous and previous.exists() else None,

@@ -206,3 +206,42 @@ def test_a_torchrun_job_beside_a_run_on_the_same_folder_is_one_line_per_rank(toy
     assert f"error: {tmp_path / 'runs' / 'comam-s3'} is in use by process {holder.pid}" in r.stderr, r.stderr[-3000:]
     assert 'train.py", line' not in r.stderr and "gloo" not in r.stderr.lower(), r.stderr[-3000:]
     assert not (tmp_path / "runs" / "comam-s3").exists()
+
+
+@pytest.mark.uses_solutions
+@pytest.mark.parametrize("script", ["eval.py", "warmstart.py"])
+def test_ctrl_c_under_torchrun_is_one_line_per_worker_naming_what_stopped(script, toy_data, toy_warmstart, tmp_path):
+    """Ctrl-C in a terminal reaches torchrun and its workers (one process group), and torchrun's agent
+    forwards it to the workers again: each worker says once what stopped and what it left, and exits
+    130, as one process does. torchrun itself then exits 1 with its own SignalException (its agent
+    re-raises it; the same for train.py), which no worker can change."""
+    out = tmp_path / ("r.json" if script == "eval.py" else "ws")
+    argv = ["--data", str(toy_data), "--out", str(out)] + (
+        ["--policies", str(toy_warmstart), "--users", "3", "--samples", "50"] if script == "eval.py" else
+        ["--steps", "5000", "--hidden", "16", "--layers", "1", "--probe-every", "0"])
+    wrapper = tmp_path / "worker.py"  # the worker's own exit status (torchrun does not report it after a Ctrl-C)
+    wrapper.write_text("import os, runpy, sys\nsys.argv = sys.argv[1:]\ncode = 0\ntry:\n"
+                       "    runpy.run_path(sys.argv[0], run_name='__main__')\nexcept SystemExit as e:\n"
+                       "    code = e.code\n    raise\nfinally:\n"
+                       "    print(f'worker {os.environ[\"RANK\"]} exit {code}', file=sys.stderr, flush=True)\n")
+    with open(tmp_path / "err.txt", "w") as err_file:
+        job = subprocess.Popen(TORCHRUN + [str(wrapper), str(ROOT / script)] + argv,
+                               env={**_env(), "PYTHONUNBUFFERED": "1"}, cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=err_file, text=True, start_new_session=True,  # its own group, as in a terminal
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        started = 0
+        for line in job.stdout:  # both workers have loaded their models and begun
+            started += line.startswith("context limits")
+            if started == 2:
+                break
+        assert started == 2, (tmp_path / "err.txt").read_text()[-3000:]
+        os.killpg(job.pid, signal.SIGINT)  # Ctrl-C
+        job.communicate(timeout=300)
+    err = (tmp_path / "err.txt").read_text()
+    what = "the evaluation stopped before its end; no result was written" if script == "eval.py" else \
+        "the warm start stopped before its end; nothing was written to"
+    lines = [l for l in err.splitlines() if l.startswith("interrupted:")]
+    assert len(lines) == 2 and all(l.startswith(f"interrupted: {what}") and str(out) in l for l in lines), err[-3000:]
+    assert sorted(l for l in err.splitlines() if l.startswith("worker ")) == ["worker 0 exit 130", "worker 1 exit 130"]
+    assert f'{script}", line' not in err and "KeyboardInterrupt" not in err and "Exception ignored" not in err, err[-3000:]
+    assert job.returncode != 0 and not out.exists()

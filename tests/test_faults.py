@@ -544,7 +544,7 @@ def test_unknown_target_modules_are_blamed_on_the_config_not_a_flag(toy_chat_mod
                                    "linear layer") and "--lora-targets" not in str(e.value)
 
 
-@pytest.mark.parametrize("cmd", ["eval", "merge"])
+@pytest.mark.parametrize("cmd", ["eval", "merge", "train"])
 def test_an_adapter_config_whose_base_is_its_own_folder_is_one_line(cmd, toy_chat_model, toy_data, tmp_path, capsys):
     import agents
     import lora
@@ -553,10 +553,11 @@ def test_an_adapter_config_whose_base_is_its_own_folder_is_one_line(cmd, toy_cha
                                roles=agents.ROLES[:1])["extraction"]
     folder = tmp_path / "a"
     lora.save_adapters(pol.model, folder, base=str(folder))  # its base: itself
-    argv = ["--src", str(folder), "--out", str(tmp_path / "m")] if cmd == "merge" else [
-        "--data", str(toy_data), "--policies", str(folder), "--out", str(tmp_path / "m")]
-    fails(capsys, lambda: command(*((merge_lora.main, merge_lora.Args) if cmd == "merge" else
-                                    (evaluation.main, evaluation.Args)), "", argv),
+    argv = {"merge": ["--src", str(folder), "--out", str(tmp_path / "m")],
+            "eval": ["--data", str(toy_data), "--policies", str(folder), "--out", str(tmp_path / "m")],
+            "train": ["--data", str(toy_data), "--model", str(folder), "--out", str(tmp_path / "m"), "--steps", "1"]}[cmd]
+    main = {"merge": merge_lora, "eval": evaluation, "train": train}[cmd]
+    fails(capsys, lambda: command(main.main, main.Args, "", argv),
           f"{folder / 'adapter_config.json'}: base_model_name_or_path {str(folder)!r} holds LoRA adapters itself")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
 
@@ -734,20 +735,84 @@ def test_a_first_checkpoint_that_fails_does_not_claim_a_previous_one(toy_data, t
     assert "intact" not in line and not (tmp_path / "runs" / "comam-s5" / "ckpt.tmp").exists()
 
 
-@pytest.mark.parametrize("cmd", ["eval", "warmstart"])
-def test_ctrl_c_in_eval_and_warmstart_says_what_was_left(cmd, toy_data, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("cmd,phase", [("eval", "evaluate"), ("eval", "load_system"), ("warmstart", "clone"),
+                                       ("warmstart", "start_policy")])
+def test_ctrl_c_in_eval_and_warmstart_says_what_was_left(cmd, phase, toy_data, tmp_path, capsys, monkeypatch):
+    """Ctrl-C while the models load, or while the command runs: one line naming what stopped and what
+    it left (nothing), status 130, nothing written."""
     def interrupted(*a, **k):
         raise KeyboardInterrupt
+    module = evaluation if cmd == "eval" else warmstart
+    monkeypatch.setattr(module, phase, interrupted)
     if cmd == "eval":
-        monkeypatch.setattr(evaluation, "evaluate", interrupted)
         argv = ["--data", str(toy_data), "--users", "1", "--out", str(tmp_path / "r.json")]
-        main, cls, want = evaluation.main, evaluation.Args, f"interrupted: no result was written ({tmp_path / 'r.json'}"
+        want = f"interrupted: the evaluation stopped before its end; no result was written ({tmp_path / 'r.json'}"
     else:
-        monkeypatch.setattr(warmstart, "clone", interrupted)
         argv = ["--data", str(toy_data), "--steps", "1", "--hidden", "16", "--layers", "1", "--out", str(tmp_path / "ws")]
-        main, cls, want = warmstart.main, warmstart.Args, f"interrupted: nothing was written to {tmp_path / 'ws'}"
+        want = f"interrupted: the warm start stopped before its end; nothing was written to {tmp_path / 'ws'}"
     with pytest.raises(SystemExit) as e:
-        command(main, cls, "", argv)
+        command(module.main, module.Args, "", argv)
     err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
     assert e.value.code == 130 and err[-1].startswith(want), err
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+CTRL_C_DELIVERED_THRICE = """
+import atexit, os, signal, sys, time
+sys.path.insert(0, {root!r})
+import eval as evaluation
+from cli import command
+
+def ctrl_c():
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.5)  # a signal is handled between two bytecodes: well within this
+
+class Stderr:  # the same Ctrl-C again (torchrun's agent forwards it) while the line is being printed
+    def __init__(self, real):
+        self.real, self.sent = real, False
+    def write(self, text):
+        if "interrupted:" in text and not self.sent:
+            self.sent = True
+            ctrl_c()
+        return self.real.write(text)
+    def flush(self):
+        self.real.flush()
+
+def evaluate(*a, **k):
+    sys.stderr = Stderr(sys.stderr)
+    ctrl_c()  # the terminal's Ctrl-C, inside the evaluation
+    raise AssertionError("not interrupted")
+
+evaluation.evaluate = evaluate
+atexit.register(ctrl_c)  # and once more as the process ends
+command(evaluation.main, evaluation.Args, "", {argv!r})
+"""
+
+
+def test_one_ctrl_c_delivered_several_times_is_one_interrupt(toy_data, tmp_path):
+    """Under torchrun a worker gets each Ctrl-C twice: from the terminal, and forwarded by torchrun's
+    agent a moment later. A second SIGINT while the first unwinds (here: while its line is printed,
+    and as the process ends) is ignored: the line says what stopped, status 130, no traceback."""
+    argv = ["--data", str(toy_data), "--users", "1", "--out", str(tmp_path / "r.json")]
+    r = subprocess.run([sys.executable, "-c", CTRL_C_DELIVERED_THRICE.format(root=str(ROOT), argv=argv)],
+                       capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert r.returncode == 130 and lines[-1] == (
+        f"interrupted: the evaluation stopped before its end; no result was written ({tmp_path / 'r.json'} is "
+        "written at the end)"), r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and "KeyboardInterrupt" not in r.stderr and "ignored" not in r.stderr, r.stderr
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_a_command_puts_pythons_sigint_handler_back_when_it_ends(tmp_path, capsys):
+    """In one process (a test, a notebook) a command that ends, well or with an error, leaves Ctrl-C as
+    it found it (Python's KeyboardInterrupt)."""
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    result = tmp_path / "a-s1.json"
+    result.write_text(json.dumps(_result(["q1"])))
+    command(evaluation.main, evaluation.Args, "", ["--compare", str(result)])
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(SystemExit):
+        command(evaluation.main, evaluation.Args, "", ["--compare", str(tmp_path / "none.json")])
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
