@@ -1,4 +1,4 @@
-"""Credit assignment by ranking consistency (Sec. 4.3, Eqs. 13-15) and group-normalised advantages (Eq. 16).
+"""Credit assignment by ranking consistency (Sec. 4.3, Eqs. 13-15) and group-normalised advantages (Eq. 7).
 
 For ONE query and its G sampled trajectories:
 
@@ -8,7 +8,7 @@ For ONE query and its G sampled trajectories:
     v_n = NDCG(rank by r_n, gains = r_3)               Eq. 13   how well agent n's reward predicts success
     w_n = softmax(v)_n                                 Eq. 14   its share of the global reward
     r_final_n = r_n + w_n · r_3                        Eq. 15   the reward agent n is trained on
-    A_n = (r_final_n − mean) / (std + eps)             Eq. 16   GRPO advantage over the G trajectories
+    A_n = (r_final_n − mean) / (std + eps)             Eq. 7    GRPO advantage over the G trajectories (Eq. 16)
 
 Unavailable local rewards (None / NaN, e.g. PersonaMem has no evidence, so Eq. 9 and 11 cannot be
 computed): if ANY entry of an agent's row is NaN, the whole row is treated as unavailable (its ranking
@@ -169,11 +169,11 @@ def integrated_rewards(local_rewards, global_rewards, mode: str = "comam", fixed
     ### END SOLUTION
 
 
-# ---------------------------------------------------------------- Eq. 16: group advantages
+# ---------------------------------------------------------------- Eq. 7: group advantages
 
 
 def group_advantages(rewards, eps: float = 1e-6) -> np.ndarray:
-    """Eq. 16: A = (r − mean) / (std + eps) over the last axis (the G trajectories).
+    """Eq. 7: A = (r − mean) / (std + eps) over the last axis (the G trajectories); Eq. 16 takes it of r_final.
 
     Population std (ddof = 0). Where std < 1e-8 (all G rewards equal) the advantage is exactly 0:
     the group carries no signal. Works for shape (G,) and (N, G).

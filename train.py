@@ -14,7 +14,7 @@ The file reads top-down as the paper's Algorithm 1 (docs/method.md, "Algorithm 1
     A1.1  sample a batch of Q queries                                              batch_at
     A1.2  G full trajectories per query, extraction -> profile -> retrieval        comam.rollout
     A1.3  local rewards r_0, r_1, r_2 (Eqs. 9-11) and global reward r_3 (Eq. 12)   comam.Trajectory.score
-    A1.4  per query: v_n (Eq. 13), w_n (Eq. 14), r_final (Eq. 15), advantages (Eq. 16)   credit_step
+    A1.4  per query: v_n (Eq. 13), w_n (Eq. 14), r_final (Eq. 15), advantages (Eq. 7)    credit_step
     A1.5  one clipped policy-gradient update of every trained agent                update_policies, grpo_update
     A1.6  the loss of that update (Eq. 16's objective, GRPO's Eqs. 6-8)            policy_loss
 Run bookkeeping (folders, checkpoints, resume, logs) is runs.py's; experiments beyond the paper
@@ -211,7 +211,7 @@ def train_step(step: int, run: runs.Run, refs: dict, train_set: list[Example], b
             groups, extra_log = comam.rollout(policies, queries, args.group_size, budgets, max_new,
                                               args.temperature, gen), {}
     t1 = time.time()
-    # A1.4: credit by ranking consistency and group-normalised advantages (Eqs. 13-16)
+    # A1.4: credit by ranking consistency (Eqs. 13-15) and group-normalised advantages (Eq. 7)
     batches, per_group = credit_step(groups, args)
     # A1.5-A1.6: one clipped policy-gradient update of every trained agent
     roles = trained_roles(args, step, run.planned_steps)
@@ -233,7 +233,7 @@ def batch_at(examples: list[Example], step: int, n: int, seed: int) -> list[Exam
 # ---------------------------------------------------------------- A1.4: credit and advantages
 
 def credit_step(groups: list[list[comam.Trajectory]], args: Args) -> tuple[dict[str, list], dict]:
-    """Eqs. 13-16 for every query group. Returns (batches, per_group): batches[role] is the role's
+    """Eqs. 13-15 and 7 for every query group. Returns (batches, per_group): batches[role] is the role's
     update batch, one (prompt ids, sampled completion ids, advantage) per action taken; per_group[key]
     holds one entry per group of r, v, w and of the diagnostics that explain them (runs.credit_diagnostics).
     """
@@ -319,7 +319,7 @@ def grpo_update(policy: Policy, opt: torch.optim.Optimizer, batch: list[tuple[li
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor,
                 clip_eps: float, denom: float, agg: str = "token", ref_logp: torch.Tensor | None = None,
                 kl_beta: float = 0.0) -> tuple[torch.Tensor, dict]:
-    """Clipped group-relative policy-gradient loss of one micro-batch (Eq. 16 and the GRPO objective).
+    """Clipped group-relative policy-gradient loss of one micro-batch: Eq. 16 (GRPO's Eq. 6, Eq. 8 KL).
 
     Per completion token t of sequence i (all tensors (B, T), adv (B,) broadcast to every token):
         rho   = exp(logp - old_logp)                                  ratio pi_theta / pi_old

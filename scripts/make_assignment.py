@@ -9,7 +9,7 @@ In the reference code a solution is a block of lines between two marker comments
 nbgrader and otter-grader), inside a function whose docstring is the specification:
 
     def group_advantages(rewards, eps=1e-6):
-        \"\"\"Eq. 16: ... worked example ...\"\"\"
+        \"\"\"Eq. 7: ... worked example ...\"\"\"
         ### BEGIN SOLUTION (assignment 2)
         ...
         ### END SOLUTION

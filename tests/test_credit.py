@@ -1,4 +1,4 @@
-"""credit.py against hand-worked values and stored brute-force results (Eqs. 13-16)."""
+"""credit.py against hand-worked values and stored brute-force results (Eqs. 13-15 and 7)."""
 import json
 import math
 from pathlib import Path
@@ -225,7 +225,7 @@ def test_nan_global_raises():
         consistency(LOCAL, [1.0, np.nan, 0.0, 0.0])
 
 
-# ---------------------------------------------------------------- Eq. 16
+# ---------------------------------------------------------------- Eq. 7
 
 
 @pytest.mark.assignment2

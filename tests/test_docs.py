@@ -81,21 +81,127 @@ def test_method_notes_point_at_functions_that_exist():
         assert _resolve(name) is not None, name
 
 
-def test_the_paper_map_has_a_row_for_every_equation_and_part_of_algorithm_1():
-    """docs/method.md's Paper -> code table: one row for each of Eqs. 1-16 and for A1.1-A1.6, each
-    naming a function that exists."""
+# docs/method.md's two maps as they must read: the paper's item (the row's first cell) -> the functions its
+# last cell names, in order. Written here by hand from the paper and the code, not read from the notes, so
+# a row that names another function fails (test_every_map_row_names_the_right_functions). Eqs. 1-5 are
+# Sec. 3's formulation, 6-8 the GRPO background, 9-16 CoMAM's; A1.1-A1.6 our parts of Algorithm 1.
+PAPER_MAP = {
+    "Eq. 1 (Sec. 3)": ("comam.run_extraction", "comam.run_profile"),  # construction: M_f from H, M_c from M_f
+    "Eq. 2 (Sec. 3)": ("comam.build_memory",),  # the memory M = {M_f, M_c}
+    "Eq. 3 (Sec. 3)": ("comam.run_retrieval",),  # E'_q from q and M
+    "Eq. 4 (Sec. 3)": ("comam.run_retrieval", "agents.parse_answer"),  # the answer p, same generation
+    "Eq. 5 (Sec. 3)": ("eval.evaluate", "eval.metrics"),  # accuracy
+    "Eq. 6": ("train.policy_loss",),  # GRPO objective (--loss-agg sequence)
+    "Eq. 7": ("credit.group_advantages",),  # group-relative advantage
+    "Eq. 8": ("train.policy_loss", "models.reference_logprobs"),  # k3 KL
+    "Eq. 9": ("rewards.extraction_reward",),
+    "Eq. 10": ("rewards.profile_reward",),
+    "Eq. 11": ("rewards.retrieval_reward",),
+    "Eq. 12": ("rewards.global_reward",),
+    "Eq. 13": ("credit.ndcg", "credit.consistency"),
+    "Eq. 14": ("credit.credit_weights",),
+    "Eq. 15": ("credit.integrated_rewards",),
+    "Eq. 16": ("train.policy_loss", "train.credit_step"),  # the clipped objective; its advantages
+    "Sec. 4.2": ("comam.rollout",),
+    "Algorithm 1": ("train.train_step",),
+    "Table 1, Base and RAG": ("eval.base_memories", "eval.rag_memories"),
+    "Table 2, agent ablations": ("train.trained_roles",),  # not implemented: where it would enter
+    "Table 3, independent RL": ("train.trained_roles",),
+    "Table 3, one shared policy": ("runs.load_run_policies",),
+    "Table 4 / Fig. 5": ("credit.integrated_rewards",),
+    "App. B.1": ("eval.evaluate", "comam.build_memory", "comam.answer"),
+}
+ALGORITHM_MAP = {
+    "A1.1": ("train.batch_at",),
+    "A1.2": ("comam.rollout",),
+    "A1.3": ("comam.Trajectory.score",),
+    "A1.4": ("train.credit_step",),
+    "A1.5": ("train.update_policies", "train.grpo_update"),
+    "A1.6": ("train.policy_loss",),
+    "the loop": ("train.main", "train.train_step"),
+}
+# Eqs. 6-16: the row's first function cites its equation in its docstring (the code agrees with the map)
+CITED_FROM = range(6, 17)
+
+
+def _table(text: str, heading: str) -> dict[str, tuple[str, ...]]:
+    """The table under `heading` in method.md: first cell -> the `module.function` names of the last cell."""
+    section = text.split(heading, 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if not line.startswith("| ") or len(cells) < 3 or set(cells[0]) <= set("-") or cells[0] in ("paper", "part"):
+            continue
+        rows[cells[0]] = tuple(re.findall(rf"`((?:{CODE_MODULES})(?:\.[A-Za-z_][A-Za-z0-9_]*)+)`", cells[-1]))
+    return rows
+
+
+def map_errors(text: str) -> list[str]:
+    """Every way method.md's text departs from PAPER_MAP and ALGORITHM_MAP: a row missing, added or naming
+    other functions, a function that does not exist, or (Eqs. 6-16) one whose docstring does not cite it."""
+    errors = []
+    for heading, expected in (("## Paper → code", PAPER_MAP), ("## Algorithm 1, as this code runs it", ALGORITHM_MAP)):
+        rows = _table(text, heading)
+        errors += [f"{heading}: no row {key!r}" for key in expected if key not in rows]
+        errors += [f"{heading}: row {key!r} is not in the test's table" for key in rows if key not in expected]
+        for key, names in rows.items():
+            if key in expected and names != expected[key]:
+                errors.append(f"{heading}: row {key!r} names {names}, the paper's is {expected[key]}")
+            for name in names:
+                try:
+                    if not callable(_resolve(name)):
+                        errors.append(f"{key}: {name} is not callable")
+                except (AttributeError, ImportError):
+                    errors.append(f"{key}: {name} does not exist")
+    for n in CITED_FROM:
+        first = PAPER_MAP[f"Eq. {n}"][0]
+        if not re.search(rf"Eqs?\. (?:[\d, -]+, )?{n}(?!\d)", _resolve(first).__doc__ or ""):
+            errors.append(f"Eq. {n}: the docstring of {first} does not cite it")
+    return errors
+
+
+def test_every_map_row_names_the_right_functions():
+    """docs/method.md's Paper -> code and Algorithm 1 tables: one row for each of Eqs. 1-16, the sections and
+    tables mapped, and A1.1-A1.6, each naming exactly the functions of the test's own table."""
+    assert len(PAPER_MAP) == 24 and all(f"Eq. {n}" in " ".join(PAPER_MAP) for n in range(1, 17))
+    assert map_errors((ROOT / "docs" / "method.md").read_text()) == []
+
+
+def _swap_code(text: str, a: str, b: str) -> str:
+    """method.md with the code cells of rows `a` and `b` exchanged (the Eq. 2 / Eq. 4 mix-up of issue 32)."""
+    lines = text.splitlines()
+    at = {key: next(i for i, l in enumerate(lines) if l.startswith(f"| {key} |")) for key in (a, b)}
+    head_a, _, code_a = lines[at[a]].rpartition(" | ")
+    head_b, _, code_b = lines[at[b]].rpartition(" | ")
+    lines[at[a]], lines[at[b]] = f"{head_a} | {code_b}", f"{head_b} | {code_a}"
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda t: t.replace("| `train.policy_loss` (advantages: `train.credit_step`) |",
+                         "| `train.credit_step` → `train.grpo_update` |"), "row 'Eq. 16' names"),
+    (lambda t: _swap_code(t, "Eq. 2 (Sec. 3)", "Eq. 4 (Sec. 3)"), "row 'Eq. 2 (Sec. 3)' names"),
+    (lambda t: _swap_code(t, "A1.4", "A1.6"), "row 'A1.4' names"),
+    (lambda t: re.sub(r"^\| Table 2, agent ablations \|.*\n", "", t, flags=re.M), "no row 'Table 2, agent ablations'"),
+    (lambda t: t.replace("| `credit.group_advantages` |", "| `credit.group_advantage` |"), "does not exist"),
+], ids=["eq16-grpo_update", "eq2-eq4-swapped", "a1.4-a1.6-swapped", "table2-dropped", "eq7-misspelt"])
+def test_the_map_check_fails_on_an_edited_copy_of_the_map(edit, expected):
+    """The check of test_every_map_row_names_the_right_functions, run on a copy of method.md with one row
+    made wrong, reports that row (and a copy left as it is passes)."""
     text = (ROOT / "docs" / "method.md").read_text()
-    table = text.split("## Paper → code", 1)[1].split("\n## ", 1)[0]
-    algo = text.split("## Algorithm 1, as this code runs it", 1)[1].split("\n## ", 1)[0]
-    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| (Eq\. \d+)[^|]*\|[^|]*\| (.*) \|$", table, re.M)}
-    rows |= {m.group(1): m.group(2) for m in re.finditer(r"^\| (A1\.\d)[^|]*\|[^|]*\| (.*) \|$", algo, re.M)}
-    wanted = [f"Eq. {n}" for n in range(1, 17)] + [f"A1.{n}" for n in range(1, 7)]
-    assert [w for w in wanted if w not in rows] == []
-    for key in wanted:
-        named = re.findall(rf"`((?:{CODE_MODULES})(?:\.[A-Za-z_][A-Za-z0-9_]*)+)", rows[key])
-        assert named, (key, rows[key])
-        for name in named:
-            assert callable(_resolve(name)), (key, name)
+    edited = edit(text)
+    assert edited != text
+    errors = map_errors(edited)
+    assert any(expected in e for e in errors), errors
+
+
+def test_the_map_check_fails_when_a_function_stops_citing_its_equation(monkeypatch):
+    """The other half of the check: the code must agree with the map (a docstring citing Eq. 16 for the
+    advantage, as credit.py did before issue 32, fails)."""
+    import credit
+    monkeypatch.setattr(credit.group_advantages, "__doc__", "Eq. 16: A = (r - mean) / (std + eps).")
+    assert map_errors((ROOT / "docs" / "method.md").read_text()) == ["Eq. 7: the docstring of "
+                                                                     "credit.group_advantages does not cite it"]
 
 
 def test_the_assignment_guide_counts_the_graded_tests_pytest_collects():

@@ -404,7 +404,7 @@ GROUP_GLOBAL = [1.0, 0.0, 1.0]
                                                     ("local", "eq15", 0.5), ("global", "eq15", 0.5)])
 def test_credit_step_applies_the_credit_flags_hand_worked(credit, variant, fixed_w):
     """train.credit_step with --credit / --credit-variant / --fixed-w, against the advantages worked out
-    here from Eqs. 13-16: the flags must reach the rule (a step that ignored --credit-variant fails)."""
+    here from Eqs. 13-15 and 7: the flags must reach the rule (a step that ignored --credit-variant fails)."""
     r = np.array(GROUP_LOCAL).T  # (3 agents, G)
     g = np.array(GROUP_GLOBAL)
     # Eq. 13 by hand: agent 0 ranks trajectories 0, 2, 1 (gains 1, 1, 0): ideal, v = 1. Agent 1 ranks 2, 1, 0

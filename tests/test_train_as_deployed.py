@@ -86,7 +86,7 @@ def test_every_action_of_a_trajectory_is_trained_with_its_advantage(recorded, to
         expected = []
         for grp in groups:
             r = np.array([t.local_rewards[n] for t in grp])
-            adv = (r - r.mean()) / (r.std() + 1e-6) if r.std() > 1e-8 else np.zeros_like(r)  # Eq. 16, by hand
+            adv = (r - r.mean()) / (r.std() + 1e-6) if r.std() > 1e-8 else np.zeros_like(r)  # Eq. 7, by hand
             expected += [(a.prompt, a.completion, pytest.approx(float(x))) for t, x in zip(grp, adv)
                          for a in t.taken(role) if a.completion]
         assert batches[role] == expected

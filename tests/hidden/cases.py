@@ -248,7 +248,7 @@ def a_trajectory_scores_each_agent():
     return [[float(x) if x is not None else None for x in t.local_rewards], t.global_reward]
 
 
-# ======================================================================== assignment 2: credit (Eqs. 13-16)
+# ======================================================================== assignment 2: credit (Eqs. 13-15, 7)
 
 LOCAL = [[0.9, 0.5, 0.1, 0.3], [0.2, 0.4, 0.6, 0.8], [1.0, 0.0, 1.0, 0.5]]
 GLOB = [1.0, 0.0, 1.0, 0.0]
