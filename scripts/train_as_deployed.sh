@@ -68,10 +68,11 @@ print("| run | seeds | seconds | generated tokens | prompt tokens | sessions per
 print("|---|---|---|---|---|---|---|")
 names = sorted({Path(p).name.rsplit("-s", 1)[0] for p in glob.glob(f"{sys.argv[1]}/*-s[0-9]*") if Path(p).is_dir()})
 for name in names:
-    rows = [r for run in sorted(glob.glob(f"{sys.argv[1]}/{name}-s[0-9]*")) for r in read_log(Path(run) / "log.jsonl")]
+    folders = sorted(p for p in glob.glob(f"{sys.argv[1]}/{name}-s[0-9]*") if Path(p).is_dir())  # not the .lock files
+    rows = [r for run in folders for r in read_log(Path(run) / "log.jsonl")]
     gen = [r.get("gen_tokens", 64 * (r["len_extraction"] + r["len_profile"] + r["len_retrieval"])) for r in rows]
     cell = lambda key: f"{np.median([r[key] for r in rows]):.1f}" if all(key in r for r in rows) else "-"
-    seeds = len(glob.glob(f"{sys.argv[1]}/{name}-s[0-9]*"))
+    seeds = len(folders)
     print(f"| {name} | {seeds} | {np.median([r['step_s'] for r in rows]):.2f} | {np.median(gen):.0f} | "
           f"{cell('prompt_tokens')} | {cell('sessions')} | {cell('kept_lines')} |")
 PY
