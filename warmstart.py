@@ -121,7 +121,8 @@ class Args:
 def build_tokenizer(texts: list[str], max_number: int = 255):
     """A word-level fast tokenizer over `texts` and the agents' prompt words (split at whitespace and
     punctuation, as agents.split_words), with the four answer tags as single tokens; pad == eos.
-    The ids are those of the shipped checkpoint: <unk> 0, </s> 1, the words sorted, then the tags.
+    The ids are those of the shipped checkpoint (tests/test_agents.py checks it): <unk> 0, </s> 1, the words
+    and the numbers 0..max_number in sorted order, then the four tags.
 
     >>> tok = build_tokenizer(["i have a cat named milo ."])
     >>> tok.convert_ids_to_tokens(tok("[1] i have a cat").input_ids)  # every word and number: one token
