@@ -26,12 +26,10 @@ import re
 from dataclasses import dataclass
 
 from data.example import LETTERS, Example, Line
+from data.example import ROLES  # noqa: F401  the agents' names, which callers read as agents.ROLES
+from models import Policy
 from rewards import normalise
 
-# `Policy` (models.py) is named in annotations only: the agents need a tokenizer and whether it is a chat
-# model, never the model layer itself.
-
-ROLES = ("extraction", "profile", "retrieval")
 TAGS = ["<information>", "</information>", "<final_answer>", "</final_answer>"]
 # the fixed words of the tiny prompts (below), always in the tiny vocabulary
 PROMPT_WORDS = "extract profile memory question options user assistant none : ; [ ] ( ) => a b c d"

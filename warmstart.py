@@ -113,6 +113,51 @@ class Args:
                        batch_size=self.batch_size or (32 if tiny else 8), lr=self.lr or (1e-3 if tiny else real_lr))
 
 
+# ======================================================================== the tiny model
+# Built here, where the tiny model is made, because its vocabulary joins two layers: the benchmark's words
+# (data.generate.vocabulary_texts) and the fixed words and tags of the agents' prompts (agents.py).
+# models.py then loads it from its folder like any other causal LM.
+
+def build_tokenizer(texts: list[str], max_number: int = 255):
+    """A word-level fast tokenizer over `texts` and the agents' prompt words (split at whitespace and
+    punctuation, as agents.split_words), with the four answer tags as single tokens; pad == eos.
+    The ids are those of the shipped checkpoint (tests/test_agents.py checks it): <unk> 0, </s> 1, the words
+    and the numbers 0..max_number in sorted order, then the four tags.
+
+    >>> tok = build_tokenizer(["i have a cat named milo ."])
+    >>> tok.convert_ids_to_tokens(tok("[1] i have a cat").input_ids)  # every word and number: one token
+    ['[', '1', ']', 'i', 'have', 'a', 'cat']
+    """
+    from tokenizers import AddedToken, Tokenizer, pre_tokenizers
+    from tokenizers import models as tokenizer_models
+    from transformers import PreTrainedTokenizerFast
+
+    texts = list(texts) + [agents.PROMPT_WORDS]
+    words = {w for t in texts for w in agents.split_words(t)}
+    words |= {str(n) for n in range(max_number + 1)}
+    vocab = {"<unk>": 0, "</s>": 1}
+    for w in sorted(words):
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(tokenizer_models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_tokens([AddedToken(t, single_word=False, normalized=False) for t in agents.TAGS])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="</s>",
+                                   pad_token="</s>", padding_side="left", clean_up_tokenization_spaces=False)
+
+
+def build_tiny(tokenizer, hidden: int = 128, layers: int = 4, heads: int = 4, max_len: int = 1024, seed: int = 0):
+    """A small Qwen2-architecture causal LM from a config (random weights, seeded)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=3 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                         max_position_embeddings=max_len, tie_word_embeddings=True,
+                         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    return Qwen2ForCausalLM(config)
+
+
 # ======================================================================== demonstrations
 
 def extraction_demo(rng: random.Random, policy: Policy, lines: list[Line], key: list[int], noise: float,
@@ -277,8 +322,8 @@ def start_policy(args: Args, train: list[Example], device: str) -> tuple[Policy,
     elif args.model != "tiny":
         policy = models.load_policy(args.model, agents.ROLES[0], device)
     else:
-        tok = models.build_tokenizer(vocabulary_texts(train))
-        policy = Policy(models.build_tiny(tok, args.hidden, args.layers, seed=args.seed).to(device), tok, "tiny")
+        tok = build_tokenizer(vocabulary_texts(train))
+        policy = Policy(build_tiny(tok, args.hidden, args.layers, seed=args.seed).to(device), tok, "tiny")
     held = lora.adapters(policy.model)
     rank = args.lora_rank if args.lora_rank >= 0 else (
         lora.config_of(policy.model).rank if held else 16 if policy.chat else 0)

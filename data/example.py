@@ -32,6 +32,10 @@ from rewards import normalise
 
 LETTERS = "abcd"
 
+# The three agents of CoMAM, in the order they act (agents.py). Named here, at the bottom of the imports,
+# because the model layer (models.py: one policy folder per role) needs them as much as the agents do.
+ROLES = ("extraction", "profile", "retrieval")
+
 # PersonaMem's seven question types, spelled as in its CSV files.
 QUESTION_TYPES = (
     "recalling_facts_mentioned_by_the_user",

@@ -306,7 +306,7 @@ def generate(n_users: int, seed: int, prefix: str = "u", start: int = 0) -> list
 def vocabulary_texts(examples: list[Example]) -> list[str]:
     """Every text the benchmark can show: history lines, questions, options, profile statements, and
     the generator's word lists (so that validation / test users never meet a word the tiny tokenizer
-    lacks). The tiny word-level tokenizer is built from these (models.build_tokenizer)."""
+    lacks). The tiny word-level tokenizer is built from these (warmstart.build_tokenizer)."""
     texts = [l.text for ex in examples for l in ex.lines] + [o for ex in examples for o in ex.options]
     texts += [ex.question for ex in examples] + [st for ex in examples for s in ex.sessions for st in (s.profile or [])]
     texts += PET_KINDS + NAMES + CITIES + JOBS + SIBLINGS + [" ".join(v[1]) for v in TOPICS.values()]

@@ -5,7 +5,7 @@ computed in full ("plain") and with each group's shared prompt computed once ("s
     python scripts/bench.py --d 128 --layers 2 --prompts 4 --G 8 --prompt-len 200 --completion-len 48 --steps 6
     python scripts/bench.py --prompts 32 --G 1 --common-prefix 150 --steps 6   # distinct prompts, shared instruction
 
-The model is the tiny Qwen2 architecture (models.build_tiny) over a word-level vocabulary of 1,000 words
+The model is the tiny Qwen2 architecture (warmstart.build_tiny) over a word-level vocabulary of 1,000 words
 (plus the tokenizer's fixed words and numbers); a prompt is `--prompt-len` random words, repeated for
 its G trajectories, as the extraction agent's prompts are. One step = models.sample of up to
 `--completion-len` new tokens for every row, then train.grpo_update on them with random advantages.
@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repositor
 import models  # noqa: E402
 import sharing  # noqa: E402
 import train  # noqa: E402
+import warmstart  # noqa: E402
 from cli import check, command, positive  # noqa: E402
 
 
@@ -69,8 +70,8 @@ def step(policy, opt, prompts, args: Args, gen: torch.Generator) -> tuple[float,
 
 def run(args: Args, share: bool) -> dict:
     words = [f"w{k}" for k in range(1000)]
-    tok = models.build_tokenizer([" ".join(words)])
-    policy = models.Policy(models.build_tiny(tok, hidden=args.d, layers=args.layers, heads=4, seed=args.seed), tok,
+    tok = warmstart.build_tokenizer([" ".join(words)])
+    policy = models.Policy(warmstart.build_tiny(tok, hidden=args.d, layers=args.layers, heads=4, seed=args.seed), tok,
                            sharing=sharing if share else None)
     opt = torch.optim.AdamW(policy.model.parameters(), lr=1e-5)
     word_ids = torch.tensor(tok.convert_tokens_to_ids(words))

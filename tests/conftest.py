@@ -6,6 +6,7 @@ import pytest
 import agents
 import comam
 import models
+import warmstart
 from data.example import read_split
 from data.generate import generate_splits
 
@@ -25,19 +26,18 @@ def toy_train(toy_data):
 @pytest.fixture(scope="session")
 def toy_tokenizer(toy_train):
     from data.generate import vocabulary_texts
-    return models.build_tokenizer(vocabulary_texts(toy_train))
+    return warmstart.build_tokenizer(vocabulary_texts(toy_train))
 
 
 @pytest.fixture
 def toy_policy(toy_tokenizer):
-    model = models.build_tiny(toy_tokenizer, hidden=32, layers=1, heads=2, seed=0)
+    model = warmstart.build_tiny(toy_tokenizer, hidden=32, layers=1, heads=2, seed=0)
     return models.Policy(model, toy_tokenizer, "toy")
 
 
 @pytest.fixture(scope="session")
 def toy_warmstart(toy_data, tmp_path_factory):
     """A 3-step warm start of a 1-layer model: the layout of the shipped checkpoint, at toy size."""
-    import warmstart
     out = tmp_path_factory.mktemp("ws") / "tiny"
     warmstart.main(warmstart.Args(data=str(toy_data), out=str(out), steps=6, batch_size=4, hidden=32, layers=1,
                                   probe_every=0))
@@ -56,7 +56,7 @@ def toy_chat_model(toy_tokenizer, tmp_path_factory):
     tok = copy.deepcopy(toy_tokenizer)
     tok.chat_template = TOY_CHAT_TEMPLATE
     folder = tmp_path_factory.mktemp("toychat") / "model"
-    models.build_tiny(tok, hidden=32, layers=1, heads=2, seed=1).save_pretrained(folder)
+    warmstart.build_tiny(tok, hidden=32, layers=1, heads=2, seed=1).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
 
@@ -69,7 +69,7 @@ def rigged_policy(tokenizer, next_logits: dict[int, dict[int, float]]) -> models
     test can then know which token comes at which step (EOS at a known step), or the exact
     distribution it samples from (two tokens)."""
     import torch
-    model = models.build_tiny(tokenizer, hidden=32, layers=1, heads=2, seed=0)
+    model = warmstart.build_tiny(tokenizer, hidden=32, layers=1, heads=2, seed=0)
     with torch.no_grad():
         for layer in model.model.layers:
             layer.self_attn.o_proj.weight.zero_()

@@ -24,6 +24,7 @@ import comam  # noqa: E402
 import distributed  # noqa: E402
 import models  # noqa: E402
 import train  # noqa: E402
+import warmstart  # noqa: E402
 
 Q, G = 4, 3
 
@@ -49,8 +50,8 @@ def fixed_groups(eos: int) -> list[list[comam.Trajectory]]:
 
 def main(out: Path, agg: str) -> None:
     distributed.setup("cpu")
-    tok = models.build_tokenizer([" ".join(f"w{k}" for k in range(80))])
-    policies = {r: models.Policy(models.build_tiny(tok, hidden=32, layers=1, heads=2, seed=3), tok, "toy")
+    tok = warmstart.build_tokenizer([" ".join(f"w{k}" for k in range(80))])
+    policies = {r: models.Policy(warmstart.build_tiny(tok, hidden=32, layers=1, heads=2, seed=3), tok, "toy")
                 for r in agents.ROLES}
     # plain SGD: the weights move by lr x the gradient, so comparing them compares the summed gradients
     # (AdamW's first step is lr x sign(gradient): a gradient of 1e-9 against -1e-9 would move it by 2 lr)

@@ -10,6 +10,7 @@ import torch
 import agents
 import models
 import sharing
+import warmstart
 from agents import Budgets
 from data.example import Line
 
@@ -25,6 +26,18 @@ def test_tokenizer_round_trip_of_benchmark_text(toy_train, toy_tokenizer):
     assert len(ids) == 9  # every tag, number and word is one token
     assert toy_tokenizer.decode(ids) == out
     assert toy_tokenizer.pad_token_id == toy_tokenizer.eos_token_id
+
+
+def test_the_tiny_tokenizer_is_built_id_for_id_as_the_shipped_checkpoints(toy_tokenizer):
+    """warmstart.build_tokenizer over any benchmark's texts (here the toy one: vocabulary_texts holds the
+    generator's whole word lists) gives the vocabulary that the shipped checkpoint's weights were trained
+    on, token for token and id for id: a change to the builder that moved one id would break them."""
+    from transformers import PreTrainedTokenizerFast
+    for role in agents.ROLES:
+        shipped = PreTrainedTokenizerFast.from_pretrained(models.TINY_CHECKPOINT / role, local_files_only=True)
+        assert toy_tokenizer.get_vocab() == shipped.get_vocab() and len(toy_tokenizer) == len(shipped) == 615
+        assert toy_tokenizer.backend_tokenizer.to_str() == shipped.backend_tokenizer.to_str()
+        assert (toy_tokenizer.eos_token_id, toy_tokenizer.pad_token_id) == (shipped.eos_token_id, shipped.pad_token_id)
 
 
 def test_model_save_load_round_trip(toy_policy, tmp_path):
@@ -242,7 +255,7 @@ def test_fit_keeps_the_leading_or_the_newest_texts(toy_policy):
 
 
 def _double_policy(toy_tokenizer):
-    model = models.build_tiny(toy_tokenizer, hidden=32, layers=2, heads=2, seed=4).double()
+    model = warmstart.build_tiny(toy_tokenizer, hidden=32, layers=2, heads=2, seed=4).double()
     return models.Policy(model, toy_tokenizer, "toy64")
 
 

@@ -173,9 +173,8 @@ def test_a_crafted_optimizer_state_is_refused_even_with_the_unsafe_default(finis
 
 
 def test_a_pickled_model_file_is_refused_in_one_line(toy_tokenizer, tmp_path):
-    import models
     folder = tmp_path / "pickled"
-    models.build_tiny(toy_tokenizer, hidden=16, layers=1, heads=2).save_pretrained(folder)
+    warmstart.build_tiny(toy_tokenizer, hidden=16, layers=1, heads=2).save_pretrained(folder)
     toy_tokenizer.save_pretrained(folder)
     (folder / "model.safetensors").unlink()
     witness = tmp_path / "pwned"
@@ -228,7 +227,7 @@ def test_a_model_of_another_shape_in_the_checkpoint_is_an_error_before_any_rollo
     run = _copy_run(finished_run, tmp_path)
     folder = run / "ckpt" / "profile"
     tok = models.load_policy(str(folder)).tokenizer
-    models.build_tiny(tok, hidden=32, layers=1, heads=2).save_pretrained(folder)  # swapped for a smaller model
+    warmstart.build_tiny(tok, hidden=32, layers=1, heads=2).save_pretrained(folder)  # swapped for a smaller model
     monkeypatch.setattr(comam, "rollout", lambda *a, **k: pytest.fail("rolled out before checking the checkpoint"))
     fails(capsys, lambda: command(train.main, train.Args, "", _args(toy_data, tmp_path / "runs", steps=3, resume=True)),
           f"{folder / 'optimizer.pt'}: cannot use this optimizer state", "the checkpoint is damaged")

@@ -13,11 +13,12 @@ import lora
 import models
 import runs
 import train
+import warmstart
 from cli import InputError
 
 
 def _model(toy_tokenizer, seed=0, layers=2):
-    return models.build_tiny(toy_tokenizer, hidden=32, layers=layers, heads=2, seed=seed)
+    return warmstart.build_tiny(toy_tokenizer, hidden=32, layers=layers, heads=2, seed=seed)
 
 
 def _randomise_b(model, seed=1):

@@ -15,6 +15,7 @@ import comam
 import experiments
 import runs
 import train
+import warmstart
 from cli import InputError, parse_args
 from train import Args, policy_loss
 
@@ -205,7 +206,7 @@ def test_ratio_is_exactly_one_before_the_first_update(toy_policy):
 def test_update_does_not_depend_on_micro_batch_size(toy_tokenizer, agg):
     results = []
     for mb in (1, 6):
-        model = models.build_tiny(toy_tokenizer, hidden=32, layers=1, heads=2, seed=0)
+        model = warmstart.build_tiny(toy_tokenizer, hidden=32, layers=1, heads=2, seed=0)
         pol = models.Policy(model, toy_tokenizer, "toy")
         batch = _batch(pol)
         opt = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -129,16 +129,17 @@ def toy():
     """(examples, tokenizer) of the toy benchmark, as tests/conftest.py builds them."""
     if not _TOY:
         from data.generate import generate, vocabulary_texts
-        import models
+        import warmstart
         examples = generate(12, 0)
-        _TOY["examples"], _TOY["tokenizer"] = examples, models.build_tokenizer(vocabulary_texts(examples))
+        _TOY["examples"], _TOY["tokenizer"] = examples, warmstart.build_tokenizer(vocabulary_texts(examples))
     return _TOY["examples"], _TOY["tokenizer"]
 
 
 def toy_policy(seed: int = 0, layers: int = 1):
     import models
+    import warmstart
     _, tok = toy()
-    return models.Policy(models.build_tiny(tok, hidden=32, layers=layers, heads=2, seed=seed), tok, "toy")
+    return models.Policy(warmstart.build_tiny(tok, hidden=32, layers=layers, heads=2, seed=seed), tok, "toy")
 
 
 def ints(rows) -> list[list[int]]:
