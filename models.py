@@ -2,7 +2,8 @@
 
     load_policy("tiny" | "smollm2" | folder, role)          -> Policy(model, tokenizer)
     sample(policy, prompts, max_new_tokens, temperature)     -> the sampled completion ids (and log-probs)
-    completion_logprobs(model, prompts, completions, pad_id) -> per-token log-probs (B, T-1) for the update
+    policy_logprobs(policy, prompts, completions, temperature) -> per-token log-probs and mask (B, T-1), for
+                                                                the update (`completion_logprobs` computes them)
 
 What a policy can be (`load_policy`):
   - "tiny": the shipped warm-started checkpoint (checkpoints/tiny-warmstart/<role>, see warmstart.py);
