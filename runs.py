@@ -142,15 +142,15 @@ def is_run_folder(path: Path) -> bool:
         return False
 
 
-def check_run_folder(run: Path) -> None:
+def check_run_folder(folder: Path) -> None:
     """The one rule before anything in `run` is written, replaced or deleted: new, empty, or ours."""
-    output_folder(run, "--out", is_run_folder, f"a run folder of train.py (no {MARKER} marker)")
+    output_folder(folder, "--out", is_run_folder, f"a run folder of train.py (no {MARKER} marker)")
 
 
-def write_marker(run: Path, args) -> None:
+def write_marker(folder: Path, args) -> None:
     """The marker of a run folder, with the run's identity (kept by a rename: the id is not the name)."""
-    if not (run / MARKER).is_file() or not is_run_folder(run):
-        (run / MARKER).write_text(json.dumps({"made_by": "train.py", "id": uuid.uuid4().hex, "exp_name": args.exp_name,
+    if not (folder / MARKER).is_file() or not is_run_folder(folder):
+        (folder / MARKER).write_text(json.dumps({"made_by": "train.py", "id": uuid.uuid4().hex, "exp_name": args.exp_name,
                                                "seed": args.seed, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
 
 
@@ -303,54 +303,54 @@ def open_run(args, device: str) -> Run:
     A run with a checkpoint continues with --resume only. A run folder without one (its first attempt
     died before the first checkpoint) starts again from step 0, its partial logs replaced. A crash
     inside save_checkpoint is undone first (cli.recover_folder)."""
-    run = run_folder(args)
+    folder = run_folder(args)
     writer = distributed.is_writer()  # under torchrun only rank 0 writes; every rank reads the same files
-    check_run_folder(run)
+    check_run_folder(folder)
     if writer:
-        recover_folder(run / "ckpt")
+        recover_folder(folder / "ckpt")
     distributed.barrier()
-    state_file = run / "ckpt" / "state.json"
+    state_file = folder / "ckpt" / "state.json"
     if not state_file.exists():
-        check(run.exists() or not args.resume, f"--resume: there is no run at {run}")
-        check(not (run / "summary.json").exists(), f"{run} has finished (summary.json) but has no checkpoint")
+        check(folder.exists() or not args.resume, f"--resume: there is no run at {folder}")
+        check(not (folder / "summary.json").exists(), f"{folder} has finished (summary.json) but has no checkpoint")
         policies = load_run_policies(args, device)
         distributed.barrier()  # every rank has checked and loaded before rank 0 writes
         if writer:
-            if run.exists():
-                print(f"{run} has no checkpoint (its first attempt stopped before one): starting it again")
+            if folder.exists():
+                print(f"{folder} has no checkpoint (its first attempt stopped before one): starting it again")
                 for name in ("log.jsonl", "eval.jsonl"):
-                    (run / name).unlink(missing_ok=True)
-            run.mkdir(parents=True, exist_ok=True)
-            write_marker(run, args)
-            (run / "args.json").write_text(json.dumps(asdict(args), indent=2))
-        return Run(run, policies, make_optimizers(policies, args.lr), 0, args.steps, base_ids(args, policies))
-    check(args.resume, f"{run} exists and has a checkpoint: pass --resume to continue it, or another "
+                    (folder / name).unlink(missing_ok=True)
+            folder.mkdir(parents=True, exist_ok=True)
+            write_marker(folder, args)
+            (folder / "args.json").write_text(json.dumps(asdict(args), indent=2))
+        return Run(folder, policies, make_optimizers(policies, args.lr), 0, args.steps, base_ids(args, policies))
+    check(args.resume, f"{folder} exists and has a checkpoint: pass --resume to continue it, or another "
           "--exp-name / --seed")
     state = read_json(state_file)
     start = state.get("step") if isinstance(state, dict) else None
     check(isinstance(start, int) and start >= 0, f"{state_file}: no step number; the checkpoint state is damaged")
     check(args.steps > start, f"--steps {args.steps}: the run's checkpoint is at step {start}; "
           f"give --steps larger than {start} to continue it")
-    policies = load_run_policies(args, device, run / "ckpt")
+    policies = load_run_policies(args, device, folder / "ckpt")
     opts = make_optimizers(policies, args.lr)
     for role, opt in opts.items():
-        load_optimizer(opt, run / "ckpt" / role / "optimizer.pt", device)
+        load_optimizer(opt, folder / "ckpt" / role / "optimizer.pt", device)
     distributed.barrier()  # every rank has read the checkpoint before rank 0 writes
     if writer:
-        check(os.access(run, os.W_OK) and all(os.access(p, os.W_OK) for p in run.iterdir() if p.is_file()),
-              f"{run}: the run folder (or a file in it) is not writable; nothing was changed")
-        kept_log = kept_log_lines(run / "log.jsonl", start)  # a damaged log refuses the resume: nothing changed yet
+        check(os.access(folder, os.W_OK) and all(os.access(p, os.W_OK) for p in folder.iterdir() if p.is_file()),
+              f"{folder}: the run folder (or a file in it) is not writable; nothing was changed")
+        kept_log = kept_log_lines(folder / "log.jsonl", start)  # a damaged log refuses the resume: nothing changed yet
         # the one append first: a folder that refuses it has had nothing else changed
-        with open(run / "resumes.jsonl", "a") as f:
+        with open(folder / "resumes.jsonl", "a") as f:
             f.write(json.dumps({"at_step": start, "steps": args.steps, "eval_every": args.eval_every,
                                 "save_every": args.save_every, "micro_batch": args.micro_batch,
                                 "device": args.device, "processes": distributed.world()}) + "\n")
-        write_marker(run, args)
+        write_marker(folder, args)
         if kept_log is not None:
-            (run / "log.jsonl").write_text(kept_log)
-        (run / "args.json").write_text(json.dumps(asdict(args), indent=2))  # the flags in use from now on
-        print(f"resuming {run} at step {start}")
-    return Run(run, policies, opts, start, state.get("planned_steps", state.get("args", {}).get("steps", args.steps)),
+            (folder / "log.jsonl").write_text(kept_log)
+        (folder / "args.json").write_text(json.dumps(asdict(args), indent=2))  # the flags in use from now on
+        print(f"resuming {folder} at step {start}")
+    return Run(folder, policies, opts, start, state.get("planned_steps", state.get("args", {}).get("steps", args.steps)),
                base_ids(args, policies))
 
 
@@ -440,7 +440,7 @@ def kept_log_lines(path: Path, step: int) -> str | None:
 
 # ======================================================================== evaluations and logs
 
-def validate(policies, val_set, budgets, max_new, args, run: Path, tag: str) -> dict:
+def validate(policies, val_set, budgets, max_new, args, folder: Path, tag: str) -> dict:
     """Evaluate on the validation users (eval.evaluate, memory as --eval-history says) and append the
     result to eval.jsonl. Under torchrun each process answers a share of the users (its own sampling
     stream) and rank 0 scores the gathered answers."""
@@ -451,7 +451,7 @@ def validate(policies, val_set, budgets, max_new, args, run: Path, tag: str) -> 
     res = evaluation.metrics([t for p in parts for t in p[0]], [m for p in parts for m in p[1]],
                              policies["retrieval"], max(p[2] for p in parts))
     if distributed.is_writer():
-        with open(run / "eval.jsonl", "a") as f:
+        with open(folder / "eval.jsonl", "a") as f:
             f.write(json.dumps({"tag": tag, "setting": args.eval_history, **res}) + "\n")
         print(f"[{tag}] validation accuracy ({SETTING[args.eval_history]}) {res['accuracy']:.3f}  " +
               "  ".join(f"{k}={v:.3f}" for k, v in res["local"].items() if v is not None))
@@ -462,9 +462,9 @@ SETTING = {"whole": "deployed: memory over the whole history",
            "evidence": "training setting: memory from each question's evidence session"}
 
 
-def logged_evaluation(run: Path, tag: str) -> dict | None:
+def logged_evaluation(folder: Path, tag: str) -> dict | None:
     """An evaluation this run logged before it was interrupted (the warm start's, on --resume)."""
-    path = run / "eval.jsonl"
+    path = folder / "eval.jsonl"
     for k, line in read_lines(path) if path.exists() else []:
         try:
             row = json.loads(line)
@@ -553,10 +553,10 @@ def datasets(args) -> tuple[list, list]:
     return train_set, evaluation.subset_users(read_split(folder, "val"), args.eval_users)
 
 
-def record_step(run: Path, row: dict, stats: dict, bar) -> None:
+def record_step(folder: Path, row: dict, stats: dict, bar) -> None:
     """A step's line in log.jsonl and on the console (rank 0 only)."""
     if distributed.is_writer():
-        with open(run / "log.jsonl", "a") as f:
+        with open(folder / "log.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
         bar.set_postfix(glob=f"{row['global_reward']:.2f}")
         bar.write(console_line(row, stats))
@@ -571,11 +571,11 @@ def console_line(row: dict, stats: dict) -> str:
             f"{np.mean([s['clip_frac'] for s in stats.values()]):.3f} | {row['step_s']:.2f}s")
 
 
-def write_summary(run: Path, before: dict | None, after: dict, args) -> dict:
+def write_summary(folder: Path, before: dict | None, after: dict, args) -> dict:
     """summary.json, and the end of the console output: the table no train / trained and the paired
     per-question difference with its standard error."""
-    summary = {"run": str(run), "setting": args.eval_history, "no_train": before, "final": after}
-    (run / "summary.json").write_text(json.dumps(summary, indent=2))
+    summary = {"run": str(folder), "setting": args.eval_history, "no_train": before, "final": after}
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2))
     if before is not None:
         print(evaluation.comparison_table({"no train (warm start)": [before], "CoMAM-trained": [after]}, local=True))
         gain, se, n = evaluation.paired_difference(before, after)
