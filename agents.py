@@ -168,25 +168,26 @@ def render(policy: Policy, role: str, content: str) -> list[int]:
 def extraction_prompt(policy: Policy, lines: list[Line], budget: Budgets) -> tuple[list[int], list[Line]]:
     """Prompt ids, and the lines shown (local number k -> shown[k-1])."""
     texts = [f"{l.role} : {l.text}" for l in lines]
-    kept = fit(policy, texts, budget.extraction)
-    shown, texts = [lines[i] for i in kept], [texts[i] for i in kept]
+    fitting = fit(policy, texts, budget.extraction)  # indices of the lines the budget holds
+    shown, texts = [lines[i] for i in fitting], [texts[i] for i in fitting]
     if policy.chat:
         return render(policy, "extraction", "Lines:\n" + numbered(texts, "\n")), shown
     return render(policy, "extraction", f"extract : {numbered(texts)} =>"), shown
 
 
-def profile_prompt(policy: Policy, memory: list[Line], budget: Budgets) -> list[int]:
-    texts = [l.text for l in memory]
+def profile_prompt(policy: Policy, memory_lines: list[Line], budget: Budgets) -> list[int]:
+    """Prompt ids for M_f, the kept lines (the first that fit)."""
+    texts = [l.text for l in memory_lines]
     shown = [texts[i] for i in fit(policy, texts, budget.profile)]
     if policy.chat:
         return render(policy, "profile", "Lines:\n" + numbered([f"user : {t}" for t in shown], "\n"))
     return render(policy, "profile", f"profile : {numbered(shown)} =>")
 
 
-def retrieval_prompt(policy: Policy, memory: list[Line], profile: list[str], question: str,
+def retrieval_prompt(policy: Policy, memory_lines: list[Line], profile: list[str], question: str,
                      options: list[str], budget: Budgets) -> tuple[list[int], list[Line]]:
-    """Prompt ids and the memory lines shown (most recent that fit)."""
-    shown = [memory[i] for i in fit(policy, [l.text for l in memory], budget.memory, newest=True)]
+    """Prompt ids for M_f, M_c and the question, and the memory lines shown (the most recent that fit)."""
+    shown = [memory_lines[i] for i in fit(policy, [l.text for l in memory_lines], budget.memory, newest=True)]
     statements = [profile[i] for i in fit(policy, profile, budget.profile_in_memory, per_item=1, newest=True)]
     if policy.chat:
         opts = "\n".join(f"({LETTERS[i]}) {o}" for i, o in enumerate(options))
