@@ -1,13 +1,14 @@
 """One data-parallel update on FIXED rollouts, for tests/test_distributed.py (not a test itself).
 
-    python tests/dist_worker.py OUT AGG                                   # one process: every group
-    python -m torch.distributed.run --nproc_per_node 2 tests/dist_worker.py OUT AGG   # two: half each
+    python tests/dist_worker.py OUT token,sequence                                  # one process: every group
+    python -m torch.distributed.run --nproc_per_node 2 tests/dist_worker.py OUT token,sequence  # two: half each
 
 Q = 4 query groups of G = 3 trajectories with fixed prompts, completions and rewards (seeded) stand in
 for a rollout, so that one process and two see exactly the same trajectories. Each process takes its
 share of the groups (distributed.shard), computes their credit and advantages (train.credit_step) and
-takes part in one update of three toy policies (train.update_policies). Rank 0 writes OUT/result.json
-(every group's advantages, gathered, and the update statistics) and OUT/<role>.safetensors.
+takes part in one update of three toy policies (train.update_policies), once per loss aggregation named
+(fresh policies each time: one process start serves both). Rank 0 writes OUT/AGG/result.json (every
+group's advantages, gathered, and the update statistics) and OUT/AGG/<role>.safetensors.
 """
 from __future__ import annotations
 
@@ -48,9 +49,15 @@ def fixed_groups(eos: int) -> list[list[comam.Trajectory]]:
     return groups
 
 
-def main(out: Path, agg: str) -> None:
+def main(out: Path, aggs: list[str]) -> None:
     distributed.setup("cpu")
     tok = warmstart.build_tokenizer([" ".join(f"w{k}" for k in range(80))])
+    for agg in aggs:
+        update(out / agg, agg, tok)
+    distributed.teardown()
+
+
+def update(out: Path, agg: str, tok) -> None:
     policies = {r: models.Policy(warmstart.build_tiny(tok, hidden=32, layers=1, heads=2, seed=3), tok, "toy")
                 for r in agents.ROLES}
     # plain SGD: the weights move by lr x the gradient, so comparing them compares the summed gradients
@@ -69,8 +76,7 @@ def main(out: Path, agg: str) -> None:
                                                      "world": distributed.world()}))
         for r, p in policies.items():
             save_file({k: v.detach().clone() for k, v in p.model.state_dict().items()}, str(out / f"{r}.safetensors"))
-    distributed.teardown()
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2])
+    main(Path(sys.argv[1]), sys.argv[2].split(","))

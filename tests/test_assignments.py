@@ -3,13 +3,16 @@
 In a student copy (made in a temporary folder): no solution, marker, hidden test or .git history is
 left; it imports; each assignment's graded tests fail, every one of them with NotImplementedError
 (not a setup error, not another assignment's stub); the tests of the untouched parts pass; and the
-copy with every solution in place trains (`python train.py --steps 5`). In the reference, the same
-graded tests pass.
+copy with every solution in place trains (`python train.py --steps 2`). In the reference, the same
+graded tests pass. Two of these run most of the suite again and are marked slow (`python -m pytest -m
+slow`): the untouched parts in the student copy, and the graded tests by marker in the reference (the fast
+suite runs them anyway).
 """
 from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -78,21 +81,36 @@ def test_the_student_copy_names_no_file_it_lacks_and_no_path_of_the_machine(stud
     assert "scripts/grade.py" in (ROOT / "README.md").read_text()  # the reference still names its tools
 
 
-@pytest.mark.parametrize("marker", GRADED)
-def test_each_graded_test_fails_with_not_implemented_error(marker, student, tmp_path):
-    r, cases = pytest_in(student, marker, tmp_path / "junit.xml")
-    assert cases, r.stdout
-    number = marker[-1]
-    for name, outcome, text in cases:
-        assert outcome == "failure", (name, outcome, text[:300])
-        assert "NotImplementedError" in text and f"assignment {number}" in text, (name, text[:300])
+def test_each_graded_test_fails_with_its_own_assignments_not_implemented_error(student, tmp_path):
+    """One pytest run of the four assignments' graded tests (one run, not four: each costs a start of torch
+    and the toy fixtures); each test fails with the NotImplementedError of the assignment it is marked with."""
+    junit, markers_out = tmp_path / "junit.xml", tmp_path / "markers.json"
+    r = subprocess.run([sys.executable, "-m", "pytest", "-m", " or ".join(GRADED), "-p", "no:cacheprovider", "-q",
+                        "-p", "collected_markers", f"--junitxml={junit}"], cwd=student, capture_output=True,
+                       text=True, env={**os.environ, "PYTHONPATH": str(student / "tests"), "MARKERS_OUT": str(markers_out)})
+    markers = json.loads(markers_out.read_text())
+    cases = list(ET.parse(junit).getroot().iter("testcase"))
+    assert len(cases) == sum(bool(set(m) & set(GRADED)) for m in markers.values()) > 40, r.stdout[-2000:]
+    seen = set()
+    for case in cases:  # junit names tests/test_credit.py::test_x as classname tests.test_credit, name test_x
+        nodeid = case.get("classname").replace(".", "/") + ".py::" + case.get("name")
+        graded = [m for m in markers[nodeid] if m in GRADED]
+        assert len(graded) == 1, (nodeid, markers[nodeid])
+        seen.add(graded[0])
+        failures = [child for child in case if child.tag == "failure"]
+        text = " ".join((child.get("message") or "") + (child.text or "") for child in failures)
+        assert failures, (nodeid, [child.tag for child in case])
+        assert "NotImplementedError" in text and f"assignment {graded[0][-1]}" in text, (nodeid, text[:300])
+    assert seen == set(GRADED)
 
 
+@pytest.mark.slow  # the graded tests run in the fast suite anyway; this runs them by marker, as a student does
 def test_the_graded_tests_pass_in_the_reference(tmp_path):
     r, cases = pytest_in(ROOT, " or ".join(GRADED), tmp_path / "junit.xml")
     assert r.returncode == 0 and len(cases) > 40, r.stdout[-2000:]
 
 
+@pytest.mark.slow  # most of the fast suite again, in the student copy (about 3 minutes on a 2-core CPU)
 def test_the_untouched_parts_pass_in_the_student_copy(student, tmp_path):
     r, cases = pytest_in(student, UNTOUCHED, tmp_path / "junit.xml")
     assert r.returncode == 0 and len(cases) > 100, r.stdout[-3000:]
@@ -101,8 +119,8 @@ def test_the_untouched_parts_pass_in_the_student_copy(student, tmp_path):
 def test_a_copy_with_every_solution_trains(tmp_path):
     solved = tmp_path / "solved"
     make_assignment.make(solved, keep=True)
-    r = subprocess.run([sys.executable, "train.py", "--steps", "5", "--eval-users", "1"], cwd=solved,
-                       capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "train.py", "--steps", "2", "--queries", "2", "--group-size", "2",
+                        "--eval-users", "1"], cwd=solved, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (solved / "runs" / "comam-s1" / "summary.json").exists()
 

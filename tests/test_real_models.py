@@ -164,6 +164,7 @@ def test_gradient_checkpointing_gives_the_same_update(toy_chat_model):
         assert torch.allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.slow  # the whole GPU check on the CPU: a warm start, a CoMAM step, four evaluations
 @pytest.mark.uses_solutions
 def test_gpu_check_cpu_path(toy_chat_model, toy_data, tmp_path):
     sys.path.insert(0, str(ROOT / "scripts"))
