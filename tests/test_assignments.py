@@ -87,7 +87,8 @@ def test_each_graded_test_fails_with_its_own_assignments_not_implemented_error(s
     junit, markers_out = tmp_path / "junit.xml", tmp_path / "markers.json"
     r = subprocess.run([sys.executable, "-m", "pytest", "-m", " or ".join(GRADED), "-p", "no:cacheprovider", "-q",
                         "-p", "collected_markers", f"--junitxml={junit}"], cwd=student, capture_output=True,
-                       text=True, env={**os.environ, "PYTHONPATH": str(student / "tests"), "MARKERS_OUT": str(markers_out)})
+                       text=True, env={**os.environ, "PYTHONPATH": str(student / "tests"),
+                                       "MARKERS_OUT": str(markers_out)})
     markers = json.loads(markers_out.read_text())
     cases = list(ET.parse(junit).getroot().iter("testcase"))
     assert len(cases) == sum(bool(set(m) & set(GRADED)) for m in markers.values()) > 40, r.stdout[-2000:]
@@ -258,7 +259,11 @@ FORGERIES = {  # name -> the credit.py of an unsolved copy that tries to pass as
 }
 
 
-@pytest.mark.parametrize("forgery", list(FORGERIES))
+FAST_FORGERIES = ("a decorator on a graded function", "patched comparison functions")  # refused; taken
+
+
+@pytest.mark.parametrize("forgery", [f if f in FAST_FORGERIES else pytest.param(f, marks=pytest.mark.slow)
+                                     for f in FORGERIES])  # each costs a grader start: the rest in -m slow
 def test_each_forgery_on_an_unsolved_copy_scores_zero_or_is_refused_with_one_line(forgery, student, tmp_path,
                                                                                    reference):
     returned = tmp_path / "returned"
@@ -301,6 +306,7 @@ def test_an_edit_to_the_reference_tree_refuses_grading_with_one_line(tmp_path, r
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "no such folder" in r.stderr, r.stderr
 
 
+@pytest.mark.slow  # waits out the grader's timeouts
 def test_an_infinite_loop_times_out_and_leaves_no_tree(student, tmp_path, reference):
     returned = tmp_path / "returned"
     returned.mkdir()

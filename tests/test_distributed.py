@@ -68,6 +68,7 @@ def _run_args(toy_data, toy_warmstart, out, **kw):
     return [f"--{k.replace('_', '-')}={v}" if v is not True else f"--{k.replace('_', '-')}" for k, v in base.items()]
 
 
+@pytest.mark.slow  # train.py under torchrun; two processes = one stays fast above
 @pytest.mark.uses_solutions
 def test_a_two_step_torchrun_run_writes_one_run_folder(toy_data, toy_warmstart, tmp_path):
     r = subprocess.run(TORCHRUN + [str(ROOT / "train.py")] + _run_args(toy_data, toy_warmstart, tmp_path / "runs"),
@@ -135,7 +136,7 @@ def test_rank_pid_finds_only_the_workers_of_its_own_job(tmp_path):
         other.wait()
 
 
-@pytest.mark.slow  # a torchrun fault: rarely broken, three or more process starts (python -m pytest -m slow)
+@pytest.mark.slow  # a torchrun fault: rarely broken, three or more process starts each
 @pytest.mark.uses_solutions
 def test_losing_a_process_stops_the_job_and_resume_continues(toy_data, toy_warmstart, tmp_path):
     args = _run_args(toy_data, toy_warmstart, tmp_path / "runs", steps=40)
@@ -163,6 +164,7 @@ def test_losing_a_process_stops_the_job_and_resume_continues(toy_data, toy_warms
     assert steps == list(range(1, saved + 2))
 
 
+@pytest.mark.slow  # a torchrun start for one error line
 def test_queries_must_divide_among_the_processes(tmp_path):
     r = subprocess.run(TORCHRUN + [str(ROOT / "train.py"), "--queries", "3", "--out", str(tmp_path / "runs")],
                        env=_env(), cwd=tmp_path, capture_output=True, text=True)
@@ -171,7 +173,7 @@ def test_queries_must_divide_among_the_processes(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.slow  # a torchrun fault: rarely broken, three or more process starts (python -m pytest -m slow)
+@pytest.mark.slow  # a torchrun fault: rarely broken, three or more process starts each
 @pytest.mark.uses_solutions
 def test_a_stopped_rank_is_named_after_the_timeout_not_waited_for(toy_data, toy_warmstart, tmp_path):
     """SIGSTOP (not dead: torchrun does not notice) of rank 1 after the first checkpoint: rank 0 stops
@@ -203,7 +205,7 @@ def test_a_stopped_rank_is_named_after_the_timeout_not_waited_for(toy_data, toy_
     assert 'train.py", line' not in err  # no traceback from our code on either rank
 
 
-@pytest.mark.slow  # a torchrun fault: rarely broken, three or more process starts (python -m pytest -m slow)
+@pytest.mark.slow  # a torchrun fault: rarely broken, three or more process starts each
 @pytest.mark.uses_solutions
 def test_a_torchrun_job_beside_a_run_on_the_same_folder_is_one_line_per_rank(toy_data, toy_warmstart, tmp_path):
     code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from cli import FolderLock; import time; "
@@ -222,7 +224,7 @@ def test_a_torchrun_job_beside_a_run_on_the_same_folder_is_one_line_per_rank(toy
     assert not (tmp_path / "runs" / "comam-s3").exists()
 
 
-@pytest.mark.slow  # a torchrun fault: rarely broken, three or more process starts (python -m pytest -m slow)
+@pytest.mark.slow  # a torchrun fault: rarely broken, three or more process starts each
 @pytest.mark.uses_solutions
 @pytest.mark.parametrize("script", ["eval.py", "warmstart.py"])
 def test_ctrl_c_under_torchrun_is_one_line_per_worker_naming_what_stopped(script, toy_data, toy_warmstart, tmp_path):

@@ -219,7 +219,8 @@ def test_the_assignment_guide_counts_the_graded_tests_pytest_collects(tmp_path):
                        cwd=ROOT, capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": str(ROOT / "tests"), "MARKERS_OUT": str(markers_out)})
     assert r.returncode == 0, r.stdout[-2000:]
-    markers = {node: m for node, m in json.loads(markers_out.read_text()).items() if not node.startswith("tests/hidden/")}
+    markers = {node: m for node, m in json.loads(markers_out.read_text()).items()
+               if not node.startswith("tests/hidden/")}
     for n in range(1, 5):
         row = re.search(rf"^\| {n} \|.*\| (\d+)[^|]*\| (\d+)[^|]*\|[^|]*\|$", guide, re.M)
         assert row, f"no table row for assignment {n}"

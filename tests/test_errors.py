@@ -422,6 +422,7 @@ def test_replace_folder_recovers_from_a_crash_at_any_point(crash, tmp_path):
     assert (final / "v").read_text() == want and not old.exists()
 
 
+@pytest.mark.slow  # a real kill -9 of a subprocess run; resume bit for bit stays fast in test_train.py
 @pytest.mark.uses_solutions
 def test_kill_9_and_resume_is_bit_identical(toy_data, tmp_path):
     """A real `kill -9` of `python train.py` after its first checkpoint, then --resume, ends with the same

@@ -120,6 +120,7 @@ def _hold_lock(folder: Path) -> subprocess.Popen:
     return proc
 
 
+@pytest.mark.slow  # two subprocess runs on one folder
 def test_a_second_process_on_the_same_run_folder_gets_one_line(toy_data, tmp_path):
     holder = _hold_lock(tmp_path / "runs" / "comam-s5")
     try:
@@ -146,44 +147,44 @@ def test_a_stale_lock_file_does_not_stop_a_run(toy_data, tmp_path):
 
 # ---------------------------------------------------------------- checkpoints never execute code
 
-PAYLOAD = """
-import os, sys, torch
 class Payload:
+    """Pickled, it runs `touch WITNESS` when it is unpickled: what a crafted checkpoint file can do."""
+
+    def __init__(self, witness: Path):
+        self.witness = str(witness)
+
     def __reduce__(self):
-        return (os.system, ("touch " + sys.argv[2],))
-torch.save({"state": {}, "param_groups": [], "x": Payload()}, sys.argv[1])
-"""
+        return os.system, ("touch " + self.witness,)
 
 
 @pytest.mark.uses_solutions
-def test_a_crafted_optimizer_state_is_refused_even_with_the_unsafe_default(finished_run, toy_data, tmp_path):
+def test_a_crafted_optimizer_state_is_refused_even_with_the_unsafe_default(finished_run, toy_data, tmp_path,
+                                                                           capsys, monkeypatch):
     """TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 makes torch.load unpickle anything when weights_only is not
-    given (the default before torch 2.6): our loads pass weights_only=True, so the payload never runs."""
+    given (the default before torch 2.6; torch reads it at each load): our loads pass weights_only=True, so
+    the payload never runs."""
     run = _copy_run(finished_run, tmp_path)
     target, witness = run / "ckpt" / "extraction" / "optimizer.pt", tmp_path / "pwned"
-    subprocess.run([sys.executable, "-c", PAYLOAD, str(target), str(witness)], check=True)
+    torch.save({"state": {}, "param_groups": [], "x": Payload(witness)}, target)
     before = snapshot(run)
-    env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1", "PYTHONPATH": str(ROOT)}
-    r = subprocess.run([sys.executable, str(ROOT / "train.py")] + _args(toy_data, tmp_path / "runs", steps=3,
-                                                                         resume=True),
-                       capture_output=True, text=True, cwd=tmp_path, env=env)
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert r.stderr.startswith(f"error: {target}: cannot use this optimizer state (Weights only load failed")
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    fails(capsys, lambda: command(train.main, train.Args, "", _args(toy_data, tmp_path / "runs", steps=3, resume=True)),
+          f"error: {target}: cannot use this optimizer state (Weights only load failed")
     assert not witness.exists() and snapshot(run) == before
 
 
-def test_a_pickled_model_file_is_refused_in_one_line(toy_tokenizer, tmp_path):
+def test_a_pickled_model_file_is_refused_in_one_line(toy_tokenizer, tmp_path, capsys, monkeypatch):
     folder = tmp_path / "pickled"
     warmstart.build_tiny(toy_tokenizer, hidden=16, layers=1, heads=2).save_pretrained(folder)
     toy_tokenizer.save_pretrained(folder)
     (folder / "model.safetensors").unlink()
     witness = tmp_path / "pwned"
-    subprocess.run([sys.executable, "-c", PAYLOAD, str(folder / "pytorch_model.bin"), str(witness)], check=True)
-    env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1", "PYTHONPATH": str(ROOT)}
-    r = subprocess.run([sys.executable, str(ROOT / "eval.py"), "--policies", str(folder), "--out",
-                        str(tmp_path / "r.json")], capture_output=True, text=True, cwd=tmp_path, env=env)
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert r.stderr.startswith(f"error: {folder}: cannot load the extraction agent's model (UnpicklingError")
+    torch.save({"state": {}, "param_groups": [], "x": Payload(witness)}, folder / "pytorch_model.bin")
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    monkeypatch.chdir(tmp_path)
+    fails(capsys, lambda: command(evaluation.main, evaluation.Args, "", ["--policies", str(folder), "--out",
+                                                                          str(tmp_path / "r.json")]),
+          f"error: {folder}: cannot load the extraction agent's model (UnpicklingError")
     assert not witness.exists() and not (tmp_path / "r.json").exists()
 
 
@@ -284,6 +285,7 @@ def test_a_deeply_nested_jsonl_line_is_one_line(toy_data, tmp_path):
         read_split(folder, "val")
 
 
+@pytest.mark.slow  # signals to a subprocess run
 @pytest.mark.uses_solutions
 def test_ctrl_c_is_one_line_that_says_where_the_checkpoint_is(toy_data, tmp_path):
     argv = [sys.executable, str(ROOT / "train.py")] + _args(toy_data, tmp_path / "runs", steps=200, save_every=1)
@@ -397,6 +399,7 @@ def test_exp_name_is_a_name_not_a_path(name, toy_data, tmp_path, capsys, monkeyp
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["out"]  # nothing written, inside --out or out of it
 
 
+@pytest.mark.slow  # two subprocess runs on one folder
 def test_a_symlinked_run_folder_shares_the_lock_of_its_real_folder(toy_data, tmp_path):
     real = tmp_path / "runs" / "comam-s5"
     holder = _hold_lock(real)
@@ -788,6 +791,7 @@ command(evaluation.main, evaluation.Args, "", {argv!r})
 """
 
 
+@pytest.mark.slow  # signals to a subprocess run
 def test_one_ctrl_c_delivered_several_times_is_one_interrupt(toy_data, tmp_path):
     """Under torchrun a worker gets each Ctrl-C twice: from the terminal, and forwarded by torchrun's
     agent a moment later. A second SIGINT while the first unwinds (here: while its line is printed,
