@@ -280,6 +280,7 @@ def test_each_forgery_on_an_unsolved_copy_scores_zero_or_is_refused_with_one_lin
         assert note["taken"] == ["ndcg"] and not refused
 
 
+@pytest.mark.slow  # each grader start costs seconds
 def test_a_symlinked_module_is_refused_with_one_line(tmp_path, reference):
     returned = tmp_path / "returned"
     returned.mkdir()
@@ -290,6 +291,7 @@ def test_a_symlinked_module_is_refused_with_one_line(tmp_path, reference):
     assert len(refused) == 1 and refused[0].endswith("credit.py is a symbolic link; return the module itself"), refused
 
 
+@pytest.mark.slow  # each grader start costs seconds
 def test_an_edit_to_the_reference_tree_refuses_grading_with_one_line(tmp_path, reference, solved):
     """A returned copy's code that appended a hook to the reference checkout's tests/conftest.py made the next
     untouched copy score 1.00. Now the grade is made from committed files, and an edited checkout is refused."""

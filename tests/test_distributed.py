@@ -34,11 +34,11 @@ AGGREGATIONS = ["token", "sequence"]
 
 @pytest.fixture(scope="module")
 def one_and_two(tmp_path_factory):
-    """The worker's results, one process and two, for both loss aggregations (one start of each serves both)."""
+    """The worker's results, one process (this one) and two (torchrun), for both loss aggregations."""
+    import dist_worker
     out = tmp_path_factory.mktemp("dist")
+    dist_worker.main(out / "one", AGGREGATIONS)  # one process: this one (no process group to join)
     worker = str(ROOT / "tests" / "dist_worker.py")
-    subprocess.run([sys.executable, worker, str(out / "one"), ",".join(AGGREGATIONS)], check=True, env=_env(),
-                   cwd=out, capture_output=True)
     r = subprocess.run(TORCHRUN + [worker, str(out / "two"), ",".join(AGGREGATIONS)], env=_env(), cwd=out,
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]

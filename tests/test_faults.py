@@ -687,6 +687,7 @@ instructor_only = pytest.mark.skipif(not (ROOT / "scripts" / "make_assignment.py
                                      reason="make_assignment.py is the instructor's: not in a student copy")
 
 
+@pytest.mark.slow  # a process start for one error line
 @instructor_only
 def test_make_assignment_outside_a_git_checkout_is_one_line_and_exit_2(tmp_path):
     env = {**os.environ, "GIT_DIR": str(tmp_path / "no-git")}  # git cannot find a repository

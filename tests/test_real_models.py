@@ -183,6 +183,7 @@ def test_gpu_check_cpu_path(toy_chat_model, toy_data, tmp_path):
     assert (tmp_path / "check" / "warmstart" / "extraction" / "adapter_config.json").exists()  # the LoRA path
 
 
+@pytest.mark.slow  # with the GPU check's CPU path above: a process start
 def test_gpu_check_without_cuda_says_so(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
