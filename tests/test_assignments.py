@@ -86,7 +86,7 @@ def test_each_graded_test_fails_with_its_own_assignments_not_implemented_error(s
     and the toy fixtures); each test fails with the NotImplementedError of the assignment it is marked with."""
     junit, markers_out = tmp_path / "junit.xml", tmp_path / "markers.json"
     r = subprocess.run([sys.executable, "-m", "pytest", "-m", " or ".join(GRADED), "-p", "no:cacheprovider", "-q",
-                        "-p", "collected_markers", f"--junitxml={junit}"], cwd=student, capture_output=True,
+                        "-p", "collected_markers", "--tb=line", f"--junitxml={junit}"], cwd=student, capture_output=True,
                        text=True, env={**os.environ, "PYTHONPATH": str(student / "tests"),
                                        "MARKERS_OUT": str(markers_out)})
     markers = json.loads(markers_out.read_text())
@@ -323,6 +323,7 @@ def test_an_infinite_loop_times_out_and_leaves_no_tree(student, tmp_path, refere
     assert list(work.iterdir()) == []  # the temporary trees are gone
 
 
+@pytest.mark.slow  # each grader start costs seconds
 def test_a_process_exit_and_an_untaken_constant_are_explained(student, tmp_path, reference):
     """Issue 34: an os._exit in a returned copy, or a module constant the graded code needs but the grader
     does not take (not a literal), gave a grade without a reason. Now each has its line."""
