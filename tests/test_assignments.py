@@ -117,6 +117,7 @@ def test_the_untouched_parts_pass_in_the_student_copy(student, tmp_path):
     assert r.returncode == 0 and len(cases) > 100, r.stdout[-3000:]
 
 
+@pytest.mark.slow  # a whole train.py run; that the copy lacks no file is checked fast above
 def test_a_copy_with_every_solution_trains(tmp_path):
     solved = tmp_path / "solved"
     make_assignment.make(solved, keep=True)
