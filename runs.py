@@ -143,7 +143,7 @@ def is_run_folder(path: Path) -> bool:
 
 
 def check_run_folder(folder: Path) -> None:
-    """The one rule before anything in `run` is written, replaced or deleted: new, empty, or ours."""
+    """The one rule before anything in `folder` is written, replaced or deleted: new, empty, or ours."""
     output_folder(folder, "--out", is_run_folder, f"a run folder of train.py (no {MARKER} marker)")
 
 
