@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -26,21 +25,24 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 import grade  # noqa: E402
 import make_assignment  # noqa: E402
+from collected_markers import run_pytest  # noqa: E402
 
 GRADED = ["assignment1", "assignment2", "assignment3", "assignment4"]
 UNTOUCHED = " and ".join(f"not {m}" for m in GRADED + ["uses_solutions", "slow"])
 
 
-def pytest_in(folder: Path, marker: str, junit: Path) -> tuple[subprocess.CompletedProcess, list]:
-    """Run pytest -m marker in `folder`; return the process and (name, outcome, text) per test."""
-    r = subprocess.run([sys.executable, "-m", "pytest", "-m", marker, "-p", "no:cacheprovider", "-q",
-                        f"--junitxml={junit}"], cwd=folder, capture_output=True, text=True)
+def pytest_in(folder: Path, marker: str, junit: Path,
+              *args: str) -> tuple[subprocess.CompletedProcess, list, dict]:
+    """Run pytest -m marker in `folder`; return the process, (node id, outcome, text) per test run, and
+    {node id: [marker names]} of every test collected (tests/collected_markers.py)."""
+    r, markers = run_pytest(folder, "-m", marker, "-p", "no:cacheprovider", "-q", f"--junitxml={junit}", *args)
     cases = []
     for case in ET.parse(junit).getroot().iter("testcase"):
         outcome = next((child.tag for child in case if child.tag in ("failure", "error", "skipped")), "passed")
         text = " ".join((child.get("message") or "") + (child.text or "") for child in case)
-        cases.append((case.get("name"), outcome, text))
-    return r, cases
+        # junit names tests/test_credit.py::test_x as classname tests.test_credit, name test_x
+        cases.append((case.get("classname").replace(".", "/") + ".py::" + case.get("name"), outcome, text))
+    return r, cases, markers
 
 
 @pytest.fixture(scope="module")
@@ -84,36 +86,27 @@ def test_the_student_copy_names_no_file_it_lacks_and_no_path_of_the_machine(stud
 def test_each_graded_test_fails_with_its_own_assignments_not_implemented_error(student, tmp_path):
     """One pytest run of the four assignments' graded tests (one run, not four: each costs a start of torch
     and the toy fixtures); each test fails with the NotImplementedError of the assignment it is marked with."""
-    junit, markers_out = tmp_path / "junit.xml", tmp_path / "markers.json"
-    r = subprocess.run([sys.executable, "-m", "pytest", "-m", " or ".join(GRADED), "-p", "no:cacheprovider", "-q",
-                        "-p", "collected_markers", "--tb=line", f"--junitxml={junit}"], cwd=student, capture_output=True,
-                       text=True, env={**os.environ, "PYTHONPATH": str(student / "tests"),
-                                       "MARKERS_OUT": str(markers_out)})
-    markers = json.loads(markers_out.read_text())
-    cases = list(ET.parse(junit).getroot().iter("testcase"))
+    r, cases, markers = pytest_in(student, " or ".join(GRADED), tmp_path / "junit.xml", "--tb=line")
     assert len(cases) == sum(bool(set(m) & set(GRADED)) for m in markers.values()) > 40, r.stdout[-2000:]
     seen = set()
-    for case in cases:  # junit names tests/test_credit.py::test_x as classname tests.test_credit, name test_x
-        nodeid = case.get("classname").replace(".", "/") + ".py::" + case.get("name")
+    for nodeid, outcome, text in cases:
         graded = [m for m in markers[nodeid] if m in GRADED]
         assert len(graded) == 1, (nodeid, markers[nodeid])
         seen.add(graded[0])
-        failures = [child for child in case if child.tag == "failure"]
-        text = " ".join((child.get("message") or "") + (child.text or "") for child in failures)
-        assert failures, (nodeid, [child.tag for child in case])
+        assert outcome == "failure", (nodeid, outcome, text[:300])
         assert "NotImplementedError" in text and f"assignment {graded[0][-1]}" in text, (nodeid, text[:300])
     assert seen == set(GRADED)
 
 
 @pytest.mark.slow  # the graded tests run in the fast suite anyway; this runs them by marker, as a student does
 def test_the_graded_tests_pass_in_the_reference(tmp_path):
-    r, cases = pytest_in(ROOT, " or ".join(GRADED), tmp_path / "junit.xml")
+    r, cases, _ = pytest_in(ROOT, " or ".join(GRADED), tmp_path / "junit.xml")
     assert r.returncode == 0 and len(cases) > 40, r.stdout[-2000:]
 
 
 @pytest.mark.slow  # most of the fast suite again, in the student copy (about 3 minutes on a 2-core CPU)
 def test_the_untouched_parts_pass_in_the_student_copy(student, tmp_path):
-    r, cases = pytest_in(student, UNTOUCHED, tmp_path / "junit.xml")
+    r, cases, _ = pytest_in(student, UNTOUCHED, tmp_path / "junit.xml")
     assert r.returncode == 0 and len(cases) > 100, r.stdout[-3000:]
 
 

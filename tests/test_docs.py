@@ -4,14 +4,13 @@ from __future__ import annotations
 import ast
 import doctest
 import importlib
-import json
-import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from collected_markers import run_pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULES = ["agents", "cli", "comam", "credit", "eval", "experiments", "lora", "models", "rewards", "runs", "train",
@@ -206,7 +205,7 @@ def test_the_map_check_fails_when_a_function_stops_citing_its_equation(monkeypat
                                                                      "credit.group_advantages does not cite it"]
 
 
-def test_the_assignment_guide_counts_the_graded_tests_pytest_collects(tmp_path):
+def test_the_assignment_guide_counts_the_graded_tests_pytest_collects():
     """The instructor's guide's table says how many visible graded tests each assignment has, and how many
     graded cases the grader runs (the hidden folder's cases module). Neither is in a student copy."""
     if not (ROOT / "docs" / "assignments.md").exists():
@@ -214,16 +213,12 @@ def test_the_assignment_guide_counts_the_graded_tests_pytest_collects(tmp_path):
     sys.path.insert(0, str(ROOT / "tests" / "hidden"))
     import cases
     guide = (ROOT / "docs" / "assignments.md").read_text()
-    markers_out = tmp_path / "markers.json"  # every collected test's markers (tests/collected_markers.py)
     # the visible test files that name a graded marker (a file holding a graded test names it): collecting
     # only these is faster, and tests/hidden/ is left out
     marked = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "tests").glob("test_*.py"))
               if re.search(r"\bassignment[1-4]\b", p.read_text())]
-    r = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-p", "collected_markers", *marked],
-                       cwd=ROOT, capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": str(ROOT / "tests"), "MARKERS_OUT": str(markers_out)})
+    r, markers = run_pytest(ROOT, "--collect-only", *marked)  # every collected test's markers
     assert r.returncode == 0, r.stdout[-2000:]
-    markers = json.loads(markers_out.read_text())
     for n in range(1, 5):
         row = re.search(rf"^\| {n} \|.*\| (\d+)[^|]*\| (\d+)[^|]*\|[^|]*\|$", guide, re.M)
         assert row, f"no table row for assignment {n}"
