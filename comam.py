@@ -246,6 +246,15 @@ def build_memory(policies: dict[str, Policy], histories: dict[str, list[list[Lin
     return memories
 
 
+def gold_memory(sessions) -> Memory:
+    """The memory a perfect construction would build from `sessions`: every informative line (a line
+    with ground-truth notes) as M_f and every ground-truth statement as M_c, in history order. Given to
+    the answer agent, it measures that agent alone: the accuracy memory construction could at best buy
+    it (eval.py --system gold; the warm start's perfect-memory probe)."""
+    return Memory(memory_lines=[l for s in sessions for l in s.lines if l.id in (s.notes or {})],
+                  profile=[st for s in sessions for st in (s.profile or [])])
+
+
 @torch.no_grad()
 def answer(policies: dict[str, Policy], examples: list[Example], memories: list[Memory], budgets: Budgets,
            max_new: MaxNew, temperature: float, generator=None, progress=None) -> list[Trajectory]:

@@ -4,6 +4,7 @@
     python eval.py --policies runs/comam-s1/ckpt    # a trained run's checkpoint
     python eval.py --system base                    # Base: the raw history, truncated to the budget
     python eval.py --system rag                     # RAG: all-MiniLM-L6-v2 top-k chunks (optional extra)
+    python eval.py --system gold --history evidence --temperature 0   # the perfect-memory probe
     python eval.py --split test --temperature 0     # greedy, on the test split
     python eval.py --personamem Q.csv,C.jsonl --policies smollm2    # PersonaMem files (optional extra)
     python eval.py --compare "runs/comam-s* runs/local-s*"          # mean ± std tables over seeds
@@ -15,6 +16,9 @@ Systems (the same retrieval-and-answer agent answers in all of them, as in the p
   base   the raw history (every line) given to the answer agent, the most recent lines that fit
   rag    history chunks (CHUNK_LINES consecutive lines of a session) embedded with all-MiniLM-L6-v2
          (mean pooling), the TOP_K chunks most similar to the question given to the answer agent
+  gold   the memory a perfect construction would build (comam.gold_memory: the informative lines and
+         ground-truth statements); with --history evidence, of the evidence session alone: the
+         perfect-memory probe, which measures the answer agent by itself (a ceiling, not a system)
 Reported: accuracy overall, per question type and per history setting; local metrics where evidence
 exists (extraction recall / IoU of the memory against E_q, retrieval recall / IoU, the profile rubric
 score per session); memory size in tokens; format-failure rate per agent; the share of each letter
@@ -66,9 +70,9 @@ class Args:
     seed: int = 1
     """sampling seed"""
     system: str = "comam"
-    """comam (the three agents) | base (raw history) | rag (MiniLM top-k chunks)"""
+    """comam (the three agents) | base (raw history) | rag (MiniLM top-k chunks) | gold (perfect memory: the answer agent alone)"""
     history: str = "whole"
-    """whole (deployed: memory over the whole history) | evidence (the training setting: the evidence session alone; comam only)"""
+    """whole (deployed: memory over the whole history) | evidence (the training setting: the evidence session alone; comam and gold)"""
     samples: int = 1
     """evaluations with sampling seeds seed, seed+1, ...; the result averages them (more samples resolve smaller differences)"""
     personamem: str = ""
@@ -158,6 +162,17 @@ def base_memories(examples: list[Example]) -> list[comam.Memory]:
     per_user = {}
     for ex in examples:
         per_user.setdefault(ex.user, comam.Memory(memory_lines=list(ex.lines)))
+    return [per_user[ex.user] for ex in examples]
+
+
+def gold_memories(examples: list[Example], history: str = "whole") -> list[comam.Memory]:
+    """Gold: the memory a perfect construction would build (comam.gold_memory) from the user's whole
+    history, or (history "evidence") from the question's evidence session alone."""
+    if history == "evidence":
+        return [comam.gold_memory([ex.sessions[ex.evidence_session]]) for ex in examples]
+    per_user = {}
+    for ex in examples:
+        per_user.setdefault(ex.user, comam.gold_memory(ex.sessions))
     return [per_user[ex.user] for ex in examples]
 
 
@@ -258,8 +273,10 @@ def _answer_all(policies, examples, budgets, max_new, temperature, seed, desc, s
         memories = base_memories(examples)
     elif system == "rag":
         memories = rag_memories(examples, embedder or Embedder())
+    elif system == "gold":
+        memories = gold_memories(examples, history)
     else:
-        raise ValueError(f"unknown system {system!r}: comam | base | rag")
+        raise ValueError(f"unknown system {system!r}: comam | base | rag | gold")
     bar = tqdm(total=len(examples), desc=f"{desc} answers", dynamic_ncols=True, leave=False)
     trajs = comam.answer(policies, examples, memories, budgets, max_new, temperature, gen, progress=bar.update)
     bar.close()
@@ -546,14 +563,16 @@ def check_args(args: Args) -> Path | None:
     """Every flag checked before anything is loaded or run; returns the result file to write (None with
     --compare / --plot), itself checked to be writable now rather than after the evaluation."""
     choice(args.split, "--split", ("val", "test", "train"))
-    choice(args.system, "--system", ("comam", "base", "rag"))
+    choice(args.system, "--system", ("comam", "base", "rag", "gold"))
     finite(args.temperature, "--temperature")
     finite(args.scale, "--scale")
     positive(args.users, "--users", 0)
     positive(args.samples, "--samples")
     choice(args.history, "--history", ("whole", "evidence"))
-    check(args.history == "whole" or (args.system == "comam" and not args.personamem),
-          "--history evidence needs --system comam and a benchmark with evidence (not --personamem)")
+    check(args.history == "whole" or (args.system in ("comam", "gold") and not args.personamem),
+          "--history evidence needs --system comam or gold and a benchmark with evidence (not --personamem)")
+    check(not (args.system == "gold" and args.personamem),
+          "--system gold needs the ground-truth memory that PersonaMem does not have: use the synthetic benchmark")
     check_seed(args.seed)
     check_seed(args.seed + args.samples - 1, "--seed + --samples - 1")
     resolve_device(args.device)

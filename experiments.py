@@ -146,9 +146,8 @@ def zero_retrieval_reward_without_answer(groups) -> float:
 def prior_memory(ex: Example, n: int) -> tuple[list[Line], list[str]]:
     """The informative lines and ground-truth statements of the n sessions before the evidence
     session, as a perfect memory construction would have stored them."""
-    sessions = ex.sessions[max(0, ex.evidence_session - n):ex.evidence_session]
-    lines = [l for s in sessions for l in s.lines if l.id in (s.notes or {})]
-    return lines, [st for s in sessions for st in (s.profile or [])]
+    gold = comam.gold_memory(ex.sessions[max(0, ex.evidence_session - n):ex.evidence_session])
+    return gold.memory_lines, gold.profile
 
 
 def rollout_with_prior_memory(policies, examples: list[Example], group_size: int, budgets, max_new,

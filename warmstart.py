@@ -23,6 +23,8 @@ One model is cloned on a mixture of the three agents' demonstrations (each step 
 in the proportions `--role-weights`), and the three agents start as three separate copies of it, as the
 paper's agents start from a shared pretrained LLM. All three need the same slow skill, copying a value
 from their input into their output; learnt once from all the demonstrations it comes much sooner.
+One agent can be taken further alone: `--init-from DIR --role-weights 0,0,1` continues DIR's answer
+agent on its demonstrations and copies DIR's other two agents unchanged.
 
 A real model (`--model smollm2` or a local folder) is fine-tuned the same way on the same
 demonstrations, its prompts going through its chat template (agents.render), the loss on the
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -70,7 +73,7 @@ class Args:
     steps: int = 0
     """behaviour-cloning steps in all, each on one agent's demonstrations (0 = 3000 tiny, 150 a real model)"""
     role_weights: str = "1,2,3"
-    """share of the steps for extraction, profile, retrieval (copying values is what takes longest)"""
+    """share of the steps for extraction, profile, retrieval (copying values is what takes longest); with --init-from, an agent of weight 0 is copied from there unchanged"""
     batch_size: int = 0
     """demonstrations per step (0 = 32 tiny, 8 a real model)"""
     lr: float = 0.0
@@ -216,20 +219,24 @@ def make_demo(role: str, rng: random.Random, policy: Policy, examples: list[Exam
 # ======================================================================== behaviour cloning
 
 @torch.no_grad()
-def probe(role: str, policy: Policy, probes: list[Example], budgets: Budgets, max_new: MaxNew) -> float:
-    """Greedy score of one agent on clean inputs: extraction exact set of informative lines; profile
-    rubric (Eq. 10); retrieval answer accuracy with the evidence session's informative lines as memory."""
+def probe(role: str, policy: Policy, probes: list[Example], budgets: Budgets, max_new: MaxNew) -> tuple[float, float]:
+    """Greedy score of one agent on clean inputs, and the share of its outputs that failed to parse:
+    extraction exact set of informative lines; profile rubric (Eq. 10) on a perfect extraction;
+    retrieval answer accuracy with the evidence session's perfect memory (comam.gold_memory: the
+    perfect-memory probe; `eval.py --system gold --history evidence` measures the same on a whole split)."""
     hs = [ex.sessions[ex.evidence_session] for ex in probes]
-    clean = [[l for l in s.lines if l.id in s.notes] for s in hs]  # a perfect extraction
+    gold = [comam.gold_memory([s]) for s in hs]
     if role == "extraction":
         out = comam.run_extraction(policy, [s.lines for s in hs], budgets, max_new.extraction, 0.0)
-        return sum({l.id for l in kept} == set(s.key_lines) for (_, kept), s in zip(out, hs)) / len(hs)
-    if role == "profile":
-        out = comam.run_profile(policy, clean, budgets, max_new.profile, 0.0)
-        return sum(rewards.profile_reward(st, s.profile) for (_, st), s in zip(out, hs)) / len(hs)
-    items = [(mem, s.profile, ex) for mem, s, ex in zip(clean, hs, probes)]
-    out = comam.run_retrieval(policy, items, budgets, max_new.retrieval, 0.0)
-    return sum(letter == ex.gold for (_, _, letter), ex in zip(out, probes)) / len(probes)
+        scores = [{l.id for l in kept} == set(s.key_lines) for (_, kept), s in zip(out, hs)]
+    elif role == "profile":
+        out = comam.run_profile(policy, [m.memory_lines for m in gold], budgets, max_new.profile, 0.0)
+        scores = [rewards.profile_reward(st, s.profile) for (_, st), s in zip(out, hs)]
+    else:
+        out = comam.run_retrieval(policy, [(m.memory_lines, m.profile, ex) for m, ex in zip(gold, probes)],
+                                  budgets, max_new.retrieval, 0.0)
+        scores = [letter == ex.gold for (_, _, letter), ex in zip(out, probes)]
+    return sum(scores) / len(probes), sum(not o[0].ok for o in out) / len(probes)
 
 
 def schedule(weights: list[int], steps: int) -> list[str]:
@@ -243,13 +250,15 @@ def clone(policy: Policy, examples: list[Example], args: Args, budgets: Budgets,
     """Cross-entropy on the demonstration tokens (target + EOS), token mean over the batch; the prompt
     tokens are context only (models.completion_logprobs masks them out). Linear warm-up over 100 steps,
     then linear decay to 10% of `args.lr`. Every `args.probe_every` steps, each agent's greedy score on
-    `probes` (validation) is printed. Returns (losses per role, probe scores per role: [(step, score)])."""
+    `probes` (validation) is printed. Returns (losses per role, probe scores per role: [(step, score)],
+    and the same for the share of format failures under "<role> format failures")."""
     opt = torch.optim.AdamW([p for p in policy.model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
     tok = policy.tokenizer
     rngs = {role: random.Random(args.seed * 10 + k) for k, role in enumerate(agents.ROLES)}
     plan = schedule([int(w) for w in args.role_weights.split(",")], args.steps)
     losses = {role: [] for role in agents.ROLES}
-    probe_log: dict[str, list] = {role: [] for role in agents.ROLES}
+    probed = trained_roles(args) if args.init_from else agents.ROLES  # (an agent copied unchanged: not probed)
+    probe_log: dict[str, list] = {key: [] for role in probed for key in (role, f"{role} format failures")}
     policy.model.train()
     bar = tqdm(plan, desc="warm start", dynamic_ncols=True)
     for step, role in enumerate(bar):
@@ -270,12 +279,13 @@ def clone(policy: Policy, examples: list[Example], args: Args, budgets: Budgets,
         bar.set_postfix(role=role[:4], loss=f"{loss.item():.3f}")
         if probes and args.probe_every and ((step + 1) % args.probe_every == 0 or step + 1 == args.steps):
             with autocast(device, args.precision):
-                scores = {r: probe(r, policy, probes, budgets, max_new) for r in agents.ROLES}
+                scores = {r: probe(r, policy, probes, budgets, max_new) for r in probed}
             policy.model.train()
             tqdm.write(f"step {step + 1}: greedy scores on {len(probes)} validation questions " +
-                       "  ".join(f"{r} {v:.3f}" for r, v in scores.items()))
-            for r, v in scores.items():
+                       "  ".join(f"{r} {v:.3f} (format failures {f:.3f})" for r, (v, f) in scores.items()))
+            for r, (v, f) in scores.items():
                 probe_log[r].append((step + 1, round(v, 4)))
+                probe_log[f"{r} format failures"].append((step + 1, round(f, 4)))
     return losses, probe_log
 
 
@@ -317,8 +327,8 @@ def start_policy(args: Args, train: list[Example], device: str) -> tuple[Policy,
     """The model to clone and its LoRA rank (0 = every weight is trained): a checkpoint to continue
     (--init-from; its adapters, if it has some, go on training), a real model (fresh adapters unless
     --lora-rank 0), or a new tiny model."""
-    if args.init_from:  # the three agents of a warm start are identical copies: take the first
-        policy = models.load_policy(args.init_from, agents.ROLES[0], device)
+    if args.init_from:  # continue the first agent that this run trains (the others: copied, or copies of it)
+        policy = models.load_policy(args.init_from, trained_roles(args)[0], device)
     elif args.model != "tiny":
         policy = models.load_policy(args.model, agents.ROLES[0], device)
     else:
@@ -337,10 +347,15 @@ def start_policy(args: Args, train: list[Example], device: str) -> tuple[Policy,
     return policy, rank
 
 
+def trained_roles(args: Args) -> list[str]:
+    """The agents whose demonstrations this run trains on (weight above 0 in --role-weights)."""
+    return [role for role, w in zip(agents.ROLES, args.role_weights.split(",")) if int(w) > 0]
+
+
 def base_name(args: Args) -> str:
     """The base model under the warm start's adapters (written into adapter_config.json)."""
     if args.init_from:
-        folder = models.model_folder(args.init_from, agents.ROLES[0])
+        folder = models.model_folder(args.init_from, trained_roles(args)[0])
         return lora.read_config(folder)[1] if lora.is_adapter_folder(folder) else args.init_from
     return args.model
 
@@ -379,6 +394,9 @@ def main(args: Args) -> dict:
 
     def write(tmp: Path) -> None:
         for role in agents.ROLES:  # three separate policies, identical at the start
+            if args.init_from and role not in trained_roles(args):  # not trained here: kept as it was
+                shutil.copytree(models.model_folder(args.init_from, role), tmp / role)
+                continue
             if rank > 0:
                 lora.save_adapters(policy.model, tmp / role, base=base_name(args),
                                    base_id=models.weights_identity(base_name(args), role))

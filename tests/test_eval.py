@@ -180,3 +180,27 @@ def test_evidence_history_builds_each_questions_memory_from_its_evidence_session
     seen.clear()
     evaluation.evaluate({r: toy_policy for r in agents.ROLES}, examples, history="whole")
     assert seen == {ex.user: [s.lines for s in ex.sessions] for ex in examples}
+
+
+def test_gold_system_gives_the_answer_agent_every_informative_line_and_statement(toy_data, toy_policy, monkeypatch):
+    """--system gold: the memory of a perfect construction. Checked against the benchmark's own fields:
+    every line with notes is in it (and no other), every statement of the session's profile is in it,
+    and the question's evidence lines are among its lines."""
+    examples = [ex for ex in read_split(toy_data, "val") if ex.evidence_session is not None][:6]
+    seen = []
+    monkeypatch.setattr(comam, "answer", lambda policies, exs, memories, *a, **k: seen.extend(memories) or [
+        comam.Trajectory(ex, m.memory_lines, m.profile, [], None, {"retrieval": comam.Action([], [], "", False)})
+        for ex, m in zip(exs, memories)])
+    res = evaluation.evaluate({r: toy_policy for r in agents.ROLES}, examples, system="gold", history="evidence")
+    for ex, m in zip(examples, seen):
+        session = ex.sessions[ex.evidence_session]
+        assert [l.id for l in m.memory_lines] == [l.id for l in session.lines if session.notes.get(l.id)]
+        assert sorted(m.profile) == sorted(session.profile)
+        assert set(ex.evidence) <= {l.id for l in m.memory_lines}
+    assert res["local"]["extraction_recall"] == 1.0  # the evidence is always in a gold memory
+    seen.clear()
+    evaluation.evaluate({r: toy_policy for r in agents.ROLES}, examples, system="gold", history="whole")
+    for ex, m in zip(examples, seen):
+        assert len(m.memory_lines) == sum(len(s.notes) for s in ex.sessions)  # every session's informative lines
+        assert [l.session for l in m.memory_lines] == sorted(l.session for l in m.memory_lines)  # history order
+        assert sorted(m.profile) == sorted(st for s in ex.sessions for st in s.profile)
