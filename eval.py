@@ -140,6 +140,8 @@ def metrics(trajs: list[comam.Trajectory], memories: list[comam.Memory], policy:
                   "retrieval_recall": _mean([r for r, _ in rec_iou_r]),
                   "retrieval_iou": _mean([i for _, i in rec_iou_r])},
         "memory_tokens": float(np.mean(mem_tokens)),
+        # lines the extraction agent kept per session it read (comam only: the other systems build nothing)
+        "memory_lines_per_session": _mean([len(m.memory_lines) / m.calls for m, _ in distinct if m.calls]),
         "format_failure": {"extraction": fails("extraction"), "profile": fails("profile"),
                            "retrieval": float(np.mean([not t.actions["retrieval"].ok for t in trajs]))},
         "answer_letters": chosen, "gold_letters": share([t.example.gold for t in trajs]),
@@ -653,7 +655,10 @@ def main(args: Args) -> dict:
     for k, v in res["per_setting"].items():
         print(f"  setting {k:47s} {v:.3f}")
     print("  local: " + "  ".join(f"{k}={'n/a' if v is None else f'{v:.3f}'}" for k, v in res["local"].items()))
-    print(f"  memory tokens {res['memory_tokens']:.0f}; format failures {res['format_failure']}")
+    per_session = res["memory_lines_per_session"]
+    print(f"  memory tokens {res['memory_tokens']:.0f}"
+          + (f" ({per_session:.2f} lines kept per session)" if per_session is not None else "")
+          + f"; format failures {res['format_failure']}")
     print("  answers " + " ".join(f"({k}) {v:.2f}" if len(k) == 1 else f"{k} {v:.2f}" for k, v in res["answer_letters"].items())
           + "; gold " + " ".join(f"({k}) {v:.2f}" for k, v in res["gold_letters"].items()))
     print(f"wrote {out}")

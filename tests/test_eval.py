@@ -204,3 +204,20 @@ def test_gold_system_gives_the_answer_agent_every_informative_line_and_statement
         assert len(m.memory_lines) == sum(len(s.notes) for s in ex.sessions)  # every session's informative lines
         assert [l.session for l in m.memory_lines] == sorted(l.session for l in m.memory_lines)  # history order
         assert sorted(m.profile) == sorted(st for s in ex.sessions for st in s.profile)
+
+
+def test_lines_kept_per_session_is_counted_per_user_memory(toy_data, toy_policy, monkeypatch):
+    """memory_lines_per_session: each user's memory counted once, its lines over the sessions it read,
+    then the mean over users; hand-worked with two users (6 lines over 3 sessions, 1 over 4)."""
+    examples = read_split(toy_data, "val")
+    users = list(dict.fromkeys(ex.user for ex in examples))[:2]
+    examples = [ex for ex in examples if ex.user in users]
+    lines = examples[0].lines
+    built = {users[0]: comam.Memory(memory_lines=lines[:6], calls=3), users[1]: comam.Memory(memory_lines=lines[:1], calls=4)}
+    monkeypatch.setattr(comam, "build_memory", lambda policies, histories, *a, **k: built)
+    monkeypatch.setattr(comam, "answer", lambda policies, exs, memories, *a, **k: [
+        comam.Trajectory(ex, m.memory_lines, [], [], None, {"retrieval": comam.Action([], [], "", False)})
+        for ex, m in zip(exs, memories)])
+    res = evaluation.evaluate({r: toy_policy for r in agents.ROLES}, examples)
+    assert res["memory_lines_per_session"] == pytest.approx((6 / 3 + 1 / 4) / 2)
+    assert evaluation.evaluate({r: toy_policy for r in agents.ROLES}, examples, system="base")["memory_lines_per_session"] is None
