@@ -23,8 +23,8 @@ One model is cloned on a mixture of the three agents' demonstrations (each step 
 in the proportions `--role-weights`), and the three agents start as three separate copies of it, as the
 paper's agents start from a shared pretrained LLM. All three need the same slow skill, copying a value
 from their input into their output; learnt once from all the demonstrations it comes much sooner.
-One agent can be taken further alone: `--init-from DIR --role-weights 0,0,1` continues DIR's answer
-agent on its demonstrations and copies DIR's other two agents unchanged.
+One agent can be taken further alone: `--init-from DIR --role-weights 0,0,1 --keep-untrained`
+continues DIR's answer agent on its demonstrations and copies DIR's other two agents unchanged.
 
 A real model (`--model smollm2` or a local folder) is fine-tuned the same way on the same
 demonstrations, its prompts going through its chat template (agents.render), the loss on the
@@ -73,7 +73,7 @@ class Args:
     steps: int = 0
     """behaviour-cloning steps in all, each on one agent's demonstrations (0 = 3000 tiny, 150 a real model)"""
     role_weights: str = "1,2,3"
-    """share of the steps for extraction, profile, retrieval (copying values is what takes longest); with --init-from, an agent of weight 0 is copied from there unchanged"""
+    """share of the steps for extraction, profile, retrieval (copying values is what takes longest)"""
     batch_size: int = 0
     """demonstrations per step (0 = 32 tiny, 8 a real model)"""
     lr: float = 0.0
@@ -100,6 +100,8 @@ class Args:
     """validation questions in each probe"""
     init_from: str = ""
     """continue cloning from this warm-start folder (its tokenizer and weights) instead of --model"""
+    keep_untrained: bool = False
+    """with --init-from: continue the first agent of non-zero --role-weights and copy the agents of weight 0 from there unchanged (default: all three agents are copies of the model trained here)"""
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass (less memory) for real models"""
     device: str = "auto"
@@ -257,7 +259,7 @@ def clone(policy: Policy, examples: list[Example], args: Args, budgets: Budgets,
     rngs = {role: random.Random(args.seed * 10 + k) for k, role in enumerate(agents.ROLES)}
     plan = schedule([int(w) for w in args.role_weights.split(",")], args.steps)
     losses = {role: [] for role in agents.ROLES}
-    probed = trained_roles(args) if args.init_from else agents.ROLES  # (an agent copied unchanged: not probed)
+    probed = [r for r in agents.ROLES if r not in kept_roles(args)]  # (an agent copied unchanged: not probed)
     probe_log: dict[str, list] = {key: [] for role in probed for key in (role, f"{role} format failures")}
     policy.model.train()
     bar = tqdm(plan, desc="warm start", dynamic_ncols=True)
@@ -304,6 +306,8 @@ def check_args(args: Args) -> Path:
     check(len(weights) == 3 and all(w.strip().isdigit() for w in weights) and sum(map(int, weights)) > 0,
           f"--role-weights takes three whole numbers for extraction,profile,retrieval (e.g. 1,2,3), "
           f"got {args.role_weights!r}")
+    check(args.init_from or not args.keep_untrained,
+          "--keep-untrained copies agents from --init-from: give --init-from a warm-start folder, or leave it out")
     positive(args.lora_rank, "--lora-rank", -1)
     finite(args.lora_alpha, "--lora-alpha", 0.0, low_open=True)
     lora.target_names(args.lora_targets)
@@ -327,8 +331,8 @@ def start_policy(args: Args, train: list[Example], device: str) -> tuple[Policy,
     """The model to clone and its LoRA rank (0 = every weight is trained): a checkpoint to continue
     (--init-from; its adapters, if it has some, go on training), a real model (fresh adapters unless
     --lora-rank 0), or a new tiny model."""
-    if args.init_from:  # continue the first agent that this run trains (the others: copied, or copies of it)
-        policy = models.load_policy(args.init_from, trained_roles(args)[0], device)
+    if args.init_from:  # the agent to continue (without --keep-untrained, the first: a warm start's are identical)
+        policy = models.load_policy(args.init_from, start_role(args), device)
     elif args.model != "tiny":
         policy = models.load_policy(args.model, agents.ROLES[0], device)
     else:
@@ -347,15 +351,21 @@ def start_policy(args: Args, train: list[Example], device: str) -> tuple[Policy,
     return policy, rank
 
 
-def trained_roles(args: Args) -> list[str]:
-    """The agents whose demonstrations this run trains on (weight above 0 in --role-weights)."""
-    return [role for role, w in zip(agents.ROLES, args.role_weights.split(",")) if int(w) > 0]
+def kept_roles(args: Args) -> list[str]:
+    """The agents copied unchanged from --init-from: with --keep-untrained, those of weight 0."""
+    weights = [int(w) for w in args.role_weights.split(",")]
+    return [r for r, w in zip(agents.ROLES, weights) if w == 0] if args.init_from and args.keep_untrained else []
+
+
+def start_role(args: Args) -> str:
+    """The agent of --init-from that this run continues."""
+    return next(r for r in agents.ROLES if r not in kept_roles(args))
 
 
 def base_name(args: Args) -> str:
     """The base model under the warm start's adapters (written into adapter_config.json)."""
     if args.init_from:
-        folder = models.model_folder(args.init_from, trained_roles(args)[0])
+        folder = models.model_folder(args.init_from, start_role(args))
         return lora.read_config(folder)[1] if lora.is_adapter_folder(folder) else args.init_from
     return args.model
 
@@ -394,7 +404,7 @@ def main(args: Args) -> dict:
 
     def write(tmp: Path) -> None:
         for role in agents.ROLES:  # three separate policies, identical at the start
-            if args.init_from and role not in trained_roles(args):  # not trained here: kept as it was
+            if role in kept_roles(args):  # not trained here: kept as it was
                 shutil.copytree(models.model_folder(args.init_from, role), tmp / role)
                 continue
             if rank > 0:

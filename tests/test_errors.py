@@ -111,6 +111,7 @@ WARMSTART_FLAG_FAULTS = [
     (["--noise-profile", "-0.1"], "--noise-profile must be a finite number >= 0.0"),
     (["--role-weights", "1,2"], "--role-weights takes three whole numbers"),
     (["--role-weights", "a,b,c"], "--role-weights takes three whole numbers"),
+    (["--keep-untrained"], "--keep-untrained copies agents from --init-from"),
     (["--lr", "-1"], "--lr must be a finite number >= 0.0"),
     (["--hidden", "0"], "--hidden must be at least 1"),
     (["--batch-size", "-4"], "--batch-size must be at least 0"),

@@ -26,25 +26,30 @@ def _weights(folder):
 
 
 def test_continuing_the_answer_agent_alone_copies_the_other_two_and_starts_from_its_own(toy_data, toy_warmstart, tmp_path):
-    """--init-from DIR --role-weights 0,0,1: extraction and profile are DIR's files, byte for byte; the
-    answer agent is trained, and a second such run starts from the first run's answer agent (not from
-    DIR's extraction agent, which differs from it by then)."""
-    first, second = tmp_path / "first", tmp_path / "second"
+    """--init-from DIR --role-weights 0,0,1 --keep-untrained: extraction and profile are DIR's files,
+    byte for byte; the answer agent is trained, and a second such run starts from the first run's
+    answer agent (not from DIR's extraction agent, which differs from it by then). Without
+    --keep-untrained all three agents are the model trained here."""
+    first, second, plain = tmp_path / "first", tmp_path / "second", tmp_path / "plain"
     args = warmstart.Args(data=str(toy_data), init_from=str(toy_warmstart), out=str(first), steps=2, batch_size=2,
-                          role_weights="0,0,1", probe_every=0)
+                          role_weights="0,0,1", probe_every=0, keep_untrained=True)
     warmstart.main(args)
     for role in ("extraction", "profile"):
         assert _same_files(toy_warmstart / role, first / role)
     before, after = _weights(toy_warmstart / "retrieval"), _weights(first / "retrieval")
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
-    started = warmstart.start_policy(warmstart.Args(init_from=str(first), role_weights="0,0,1"),
+    started = warmstart.start_policy(warmstart.Args(init_from=str(first), role_weights="0,0,1", keep_untrained=True),
                                      read_split(toy_data, "train"), "cpu")[0].model.state_dict()
     assert all(torch.equal(started[k], after[k]) for k in after)
     warmstart.main(warmstart.Args(**{**args.__dict__, "init_from": str(first), "out": str(second)}))
     assert _same_files(first / "extraction", second / "extraction")
     report = json.loads((second / "warmstart.json").read_text())
     assert report["continued_from"]["args"]["role_weights"] == "0,0,1"
+
+    warmstart.main(warmstart.Args(**{**args.__dict__, "out": str(plain), "keep_untrained": False}))
+    for role in ("extraction", "profile"):
+        assert _same_files(plain / "retrieval", plain / role)
 
 
 def test_the_probe_counts_correct_answers_and_format_failures_by_hand(toy_data, toy_policy, monkeypatch):
